@@ -1,0 +1,233 @@
+"""Compose, validate and write the configuration.
+
+Every entry point goes through here: the DVC stages `load()` params.yaml, the Hydra runner and
+the tests `compose()` conf/. Both return the same validated, read-only tree. Defaults live in
+the YAML under conf/ only; the dataclasses below fix the keys and their types, not their values.
+
+    python -m pipeline.config [overrides...]   writes params.yaml composed from conf/
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+PARAMS_FILE = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+@dataclass
+class Corpus:
+    name: str = MISSING
+    url: Optional[str] = MISSING
+    sha256: Optional[str] = MISSING
+    path: Optional[str] = MISSING
+
+
+@dataclass
+class Paths:
+    raw: str = MISSING
+    prepared: str = MISSING
+    models: str = MISSING
+    metrics: str = MISSING
+    samples: str = MISSING
+
+
+@dataclass
+class Fetch:
+    mirror: Optional[str] = MISSING
+    timeout: float = MISSING
+
+
+@dataclass
+class Vectorize:
+    lowercase: bool = MISSING
+    max_chars: Optional[int] = MISSING
+    val_fraction: float = MISSING
+    maxlen: int = MISSING
+    step: int = MISSING
+
+
+@dataclass
+class Model:
+    name: str = MISSING
+    units: int = MISSING
+
+
+@dataclass
+class EpochSamples:
+    temperatures: list[float] = MISSING
+    length: int = MISSING
+    mode: str = MISSING
+
+
+@dataclass
+class Train:
+    optimizer: str = MISSING
+    learning_rate: float = MISSING
+    batch_size: int = MISSING
+    epochs: int = MISSING
+    shuffle_buffer: int = MISSING
+    epoch_samples: EpochSamples = MISSING
+
+
+@dataclass
+class Sample:
+    temperature: Any = MISSING  # one float or a list of floats, so that a multirun can sweep it
+    length: int = MISSING
+    prompt: Optional[str] = MISSING
+    greedy: bool = MISSING
+    mode: str = MISSING
+
+
+@dataclass
+class Mlflow:
+    tracking_uri: Optional[str] = MISSING
+    experiment: str = MISSING
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    seed: int = MISSING
+    corpus: Corpus = MISSING
+    paths: Paths = MISSING
+    fetch: Fetch = MISSING
+    vectorize: Vectorize = MISSING
+    model: Model = MISSING
+    train: Train = MISSING
+    sample: Sample = MISSING
+    mlflow: Mlflow = MISSING
+
+
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+MODES = ("window", "stateful")
+
+
+def temperatures(value) -> list[float]:
+    """`sample.temperature` as a list: a single value is a list of one."""
+    return [float(t) for t in (value if isinstance(value, (list, tuple)) else [value])]
+
+
+def _check(ok: bool, key: str, message: str, source: str) -> None:
+    if not ok:
+        raise ConfigError(f"{source}: {key} {message}")
+
+
+def _check_temperatures(values, key: str, source: str) -> None:
+    _check(len(values) > 0, key, "must hold at least one temperature", source)
+    for t in values:
+        _check(isinstance(t, (int, float)) and not isinstance(t, bool), key,
+               f"must be numbers, got {t!r}", source)
+        _check(math.isfinite(t) and t > 0, key, f"must be finite and > 0, got {t!r}", source)
+
+
+def validate(raw: DictConfig | dict, source: str = "config") -> DictConfig:
+    """Merge `raw` into the schema (unknown keys and wrong types are errors), check ranges,
+    and return a read-only config. `source` names the file or command in error messages."""
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), raw)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        message = str(e).splitlines()[0]  # the rest repeats the key and the schema's class names
+        raise ConfigError(f"{source}: {key + ': ' if key else ''}{message}") from None
+    if missing:
+        raise ConfigError(f"{source}: missing value for {', '.join(missing)}")
+
+    positive_ints = ["seed", "vectorize.maxlen", "vectorize.step", "model.units", "train.batch_size",
+                     "train.epochs", "train.epoch_samples.length", "sample.length"]
+    for key in positive_ints:
+        minimum = 0 if key == "seed" else 1
+        _check(OmegaConf.select(cfg, key) >= minimum, key, f"must be >= {minimum}, got {OmegaConf.select(cfg, key)}", source)
+    v = cfg.vectorize
+    _check(0 < v.val_fraction < 1, "vectorize.val_fraction", f"must be in (0, 1), got {v.val_fraction}", source)
+    _check(v.max_chars is None or v.max_chars >= 2, "vectorize.max_chars", f"must be >= 2 or null, got {v.max_chars}", source)
+    t = cfg.train
+    _check(math.isfinite(t.learning_rate) and t.learning_rate > 0, "train.learning_rate",
+           f"must be finite and > 0, got {t.learning_rate}", source)
+    _check(t.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {OPTIMIZERS}, got {t.optimizer!r}", source)
+    _check(t.shuffle_buffer >= 0, "train.shuffle_buffer", f"must be >= 0, got {t.shuffle_buffer}", source)
+    _check(cfg.fetch.timeout > 0, "fetch.timeout", f"must be > 0, got {cfg.fetch.timeout}", source)
+    _check_temperatures(list(t.epoch_samples.temperatures), "train.epoch_samples.temperatures", source)
+    _check(t.epoch_samples.mode in MODES, "train.epoch_samples.mode", f"must be one of {MODES}, got {t.epoch_samples.mode!r}", source)
+    s = cfg.sample
+    temps = OmegaConf.to_container(s.temperature) if OmegaConf.is_list(s.temperature) else s.temperature
+    _check_temperatures(temps if isinstance(temps, list) else [temps], "sample.temperature", source)
+    _check(s.mode in MODES, "sample.mode", f"must be one of {MODES}, got {s.mode!r}", source)
+    _check(cfg.model.name in ("lstm",), "model.name", f"must be one of ('lstm',), got {cfg.model.name!r}", source)
+    c = cfg.corpus
+    _check(c.path is not None or c.url is not None, "corpus", "needs a url or a path", source)
+    _check(c.sha256 is None or (len(c.sha256) == 64 and all(ch in "0123456789abcdef" for ch in c.sha256)),
+           "corpus.sha256", f"must be 64 lowercase hex digits or null, got {c.sha256!r}", source)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def _source(overrides) -> str:
+    return "conf/ with overrides " + " ".join(overrides) if overrides else "conf/"
+
+
+def _compose_raw(overrides) -> DictConfig:
+    """conf/ composed and resolved exactly as DVC does for `dvc exp run` (dvc.utils.hydra)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(f"{_source(overrides)}: {e}") from None
+    return cfg
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """conf/ composed with Hydra overrides, interpolations resolved, validated."""
+    return validate(_compose_raw(overrides), _source(overrides))
+
+
+def load(path: Path = PARAMS_FILE) -> DictConfig:
+    """The validated config of a DVC stage: params.yaml in the working directory."""
+    if not path.exists():
+        raise ConfigError(f"{path}: not found; write it with `python -m pipeline.config`")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys")
+    return validate(raw, str(path))
+
+
+def write_params(overrides: list[str], path: Path = PARAMS_FILE) -> DictConfig:
+    """Compose conf/ and write it to `path` atomically."""
+    raw = _compose_raw(overrides)
+    cfg = validate(raw, _source(overrides))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(OmegaConf.to_yaml(raw), encoding="utf-8")  # byte for byte what DVC writes
+    os.replace(tmp, path)
+    return cfg
+
+
+def main() -> None:
+    try:
+        write_params(sys.argv[1:])
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    print(f"wrote {PARAMS_FILE} from {CONF_DIR}" + (f" with {' '.join(sys.argv[1:])}" if sys.argv[1:] else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""MLflow: which store, which run, and what is logged about the environment.
+
+MLflow watches, DVC owns the artifacts: the stages write their outputs to disk first and log
+copies. The tracking URI is resolved once: $MLFLOW_TRACKING_URI, else `mlflow.tracking_uri`,
+else a SQLite store `mlflow.db` at the project root (artifacts beside it in `mlartifacts/`), so
+that DVC's queued experiments and Hydra job folders all log into one place.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+DEFAULT_DB = "mlflow.db"
+# DVC runs queued experiments in a copy of the repository under <root>/.dvc/tmp/exps/.
+_DVC_EXPS = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
+
+
+class TrackingError(RuntimeError):
+    pass
+
+
+def project_root(cwd: Path | None = None) -> Path:
+    cwd = (cwd or Path.cwd()).resolve()
+    s = str(cwd)
+    return Path(s.split(_DVC_EXPS)[0]) if _DVC_EXPS in s else cwd
+
+
+def resolve_uri(configured: str | None, root: Path | None = None) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
+    if uri:
+        return uri
+    return f"sqlite:///{project_root(root) / DEFAULT_DB}"
+
+
+def connect(uri: str, experiment: str) -> str:
+    """Point MLflow at `uri` and return the experiment's id, creating it if needed.
+    Fails fast, with the URI in the message, when the store cannot be reached."""
+    import mlflow
+
+    # A remote server that is down would otherwise be retried for minutes.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in the cwd
+            location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        try:
+            return client.create_experiment(experiment, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            found = client.get_experiment_by_name(experiment)  # created by a parallel job meanwhile
+            if found is None:
+                raise
+            return found.experiment_id
+    except Exception as e:  # noqa: BLE001 - any failure here means "cannot use this store"
+        raise TrackingError(f"mlflow.tracking_uri: cannot reach the MLflow store {uri}: "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def flatten(tree, prefix: str = "") -> dict[str, str]:
+    """A nested config as MLflow params: {"vectorize.maxlen": "60", ...}."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+def environment_tags() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    tags = {"tensorflow": tf.__version__, "keras": keras.__version__}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if commit.returncode == 0:
+            tags["git_commit"] = commit.stdout.strip()
+    except OSError:
+        pass
+    return tags

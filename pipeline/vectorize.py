@@ -1,0 +1,120 @@
+"""Stage vectorize: turn the corpus into character ids and a vocabulary.
+
+Reads <paths.raw>/<corpus.name>.txt and `vectorize` (lowercase, max_chars, val_fraction, and
+maxlen/step for the summary). Writes, under <paths.prepared>/: vocab.json (the sorted distinct
+characters), train.npy and val.npy (the text as uint8 ids, uint16 when the vocabulary needs it;
+val is the held-out tail). Windows are never written: the train stage cuts them from the ids.
+Writes <paths.metrics>/vectorize.json: corpus length, vocabulary size, windows per split.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import artifacts, config
+
+
+class VectorizeError(ValueError):
+    pass
+
+
+def build_vocab(text: str) -> list[str]:
+    return sorted(set(text))
+
+
+def encode(text: str, vocab: list[str]) -> np.ndarray:
+    """The ids of `text` in the smallest unsigned dtype that holds the vocabulary."""
+    if len(vocab) > np.iinfo(np.uint16).max + 1:
+        raise VectorizeError(f"a vocabulary of {len(vocab)} characters does not fit in uint16 ids")
+    dtype = np.uint8 if len(vocab) <= 256 else np.uint16
+    # A lookup table over code points, vectorised: no Python loop over the characters.
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    table = np.zeros(max(map(ord, vocab)) + 1, dtype=dtype)
+    table[[ord(ch) for ch in vocab]] = np.arange(len(vocab))
+    return table[codes]
+
+
+def decode(ids, vocab: list[str]) -> str:
+    return "".join(vocab[i] for i in ids)
+
+
+def count_windows(n_chars: int, maxlen: int, step: int) -> int:
+    """How many (window, next character) pairs the book's loop
+    `for i in range(0, len(text) - maxlen, step)` makes from `n_chars` characters."""
+    return len(range(0, n_chars - maxlen, step))
+
+
+def make_windows(ids: np.ndarray, maxlen: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """The book's windows, materialised (for tests and small data; training gathers them per batch):
+    sample i is ids[i*step : i*step+maxlen], its target ids[i*step+maxlen]."""
+    starts = np.arange(count_windows(len(ids), maxlen, step)) * step
+    return ids[starts[:, None] + np.arange(maxlen)], ids[starts + maxlen]
+
+
+def read_corpus(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise VectorizeError(f"{path}: not UTF-8 text (invalid byte 0x{data[e.start]:02x} at byte offset {e.start})") from None
+
+
+def split(text: str, val_fraction: float, maxlen: int, source: str) -> tuple[str, str]:
+    """Hold out the tail of the text; both parts must give at least one window."""
+    n_val = int(round(len(text) * val_fraction))
+    train, val = text[: len(text) - n_val], text[len(text) - n_val:]
+    for part, name in ((train, "training"), (val, "validation")):
+        if len(part) < maxlen + 1:
+            raise VectorizeError(
+                f"{source}: {len(text)} characters leave {len(part)} for {name}, fewer than "
+                f"vectorize.maxlen+1 = {maxlen + 1}; use a longer corpus, a smaller maxlen or another val_fraction")
+    return train, val
+
+
+def run(cfg) -> dict:
+    v = cfg.vectorize
+    raw = Path(cfg.paths.raw) / f"{cfg.corpus.name}.txt"
+    text = read_corpus(raw)
+    if v.lowercase:
+        text = text.lower()
+    if v.max_chars is not None:
+        text = text[: v.max_chars]
+    if not text:
+        raise VectorizeError(f"{raw}: the corpus is empty")
+    train_text, val_text = split(text, v.val_fraction, v.maxlen, str(raw))
+    vocab = build_vocab(text)
+    train_ids, val_ids = encode(train_text, vocab), encode(val_text, vocab)
+
+    out = Path(cfg.paths.prepared)
+    for name, ids in (("train.npy", train_ids), ("val.npy", val_ids)):
+        with artifacts.atomic_path(out / name) as tmp:
+            np.save(tmp, ids)
+    artifacts.write_json(out / "vocab.json", vocab)
+    summary = {
+        "corpus": cfg.corpus.name,
+        "characters": len(text),
+        "vocab_size": len(vocab),
+        "dtype": str(train_ids.dtype),
+        "train_characters": len(train_text),
+        "val_characters": len(val_text),
+        "windows_all": count_windows(len(text), v.maxlen, v.step),
+        "windows_train": count_windows(len(train_text), v.maxlen, v.step),
+        "windows_val": count_windows(len(val_text), v.maxlen, v.step),
+    }
+    artifacts.write_json(Path(cfg.paths.metrics) / "vectorize.json", summary)
+    print("vectorize: " + json.dumps(summary))
+    return summary
+
+
+def main() -> None:
+    try:
+        run(config.load())
+    except (config.ConfigError, VectorizeError, OSError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
