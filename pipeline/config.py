@@ -117,6 +117,8 @@ MODES = ("window", "stateful")
 
 def temperatures(value) -> list[float]:
     """`sample.temperature` as a list: a single value is a list of one."""
+    if OmegaConf.is_list(value):
+        value = OmegaConf.to_container(value)
     return [float(t) for t in (value if isinstance(value, (list, tuple)) else [value])]
 
 

@@ -137,7 +137,7 @@ def run(cfg) -> dict:
                    "epochs": len(history), "seconds": seconds, "seconds_per_epoch": seconds / len(history),
                    "parameters": model.count_params()}
         meta = {"vocab": vocab, "maxlen": maxlen, "lowercase": cfg.vectorize.lowercase, "model": cfg.model.name,
-                "config": params, "mlflow": {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id}}
+                "config": {k: params[k] for k in ("seed", "corpus", "vectorize", "model", "train")}, "mlflow": {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id}}
 
         with artifacts.atomic_path(models_dir / "model.keras") as tmp:
             model.save(tmp)

@@ -1,0 +1,99 @@
+"""Stage sample: generate text from the trained model at each `sample.temperature`.
+
+Reads <paths.models>/model.keras and meta.json (vocab, maxlen, the MLflow run), the held-out
+<paths.prepared>/val.npy (for the default prompt), and `seed` and `sample`. Writes
+<paths.samples>/temperature_<T>.txt for each temperature and <paths.metrics>/sample.json, and
+logs the texts to the training's MLflow run under sample/.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import artifacts, config, tracking
+from pipeline.config import temperatures
+from pipeline.vectorize import decode
+
+
+class SampleError(ValueError):
+    pass
+
+
+def encode_prompt(prompt: str, vocab: list[str], lowercase: bool) -> np.ndarray:
+    """The prompt as ids; characters the model never saw are an error that lists them."""
+    if lowercase:
+        prompt = prompt.lower()
+    index = {ch: i for i, ch in enumerate(vocab)}
+    unknown = sorted({ch for ch in prompt if ch not in index})
+    if unknown:
+        raise SampleError(f"sample.prompt: characters not in the model's vocabulary: {unknown!r}")
+    return np.array([index[ch] for ch in prompt], dtype=np.int64)
+
+
+def run(cfg) -> dict:
+    import keras
+    import mlflow
+
+    from pipeline.generator import Generator
+
+    s = cfg.sample
+    tracking.connect(tracking.resolve_uri(cfg.mlflow.tracking_uri), cfg.mlflow.experiment)  # fail fast
+    models_dir = Path(cfg.paths.models)
+    meta = json.loads((models_dir / "meta.json").read_text(encoding="utf-8"))
+    vocab, maxlen = meta["vocab"], meta["maxlen"]
+    model = keras.saving.load_model(models_dir / "model.keras", safe_mode=True)
+    rng = np.random.default_rng(cfg.seed)
+    if s.prompt is None:
+        val_ids = np.load(Path(cfg.paths.prepared) / "val.npy")
+        start = int(rng.integers(0, len(val_ids) - maxlen))
+        prompt_ids = val_ids[start:start + maxlen].astype(np.int64)
+    else:
+        prompt_ids = encode_prompt(s.prompt, vocab, meta["lowercase"])
+    temps = temperatures(s.temperature)
+
+    started = time.perf_counter()
+    out = Generator(model, maxlen).generate(prompt_ids, temps, s.length, rng, mode=s.mode, greedy=s.greedy)
+    seconds = time.perf_counter() - started
+
+    prompt = decode(prompt_ids, vocab)
+    samples_dir = Path(cfg.paths.samples)
+    # Replace the whole folder: files of temperatures no longer configured must not linger.
+    staging = samples_dir.with_name(f".{samples_dir.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    texts = {}
+    for t, ids in zip(temps, out):
+        texts[t] = prompt + decode(ids, vocab)
+        (staging / f"temperature_{t}.txt").write_text(texts[t] + "\n", encoding="utf-8")
+    shutil.rmtree(samples_dir, ignore_errors=True)
+    staging.rename(samples_dir)
+
+    result = {"prompt": prompt, "temperatures": temps, "length": s.length, "mode": s.mode, "greedy": s.greedy,
+              "seconds": seconds, "chars_per_second": len(temps) * s.length / max(seconds, 1e-9)}
+    artifacts.write_json(Path(cfg.paths.metrics) / "sample.json", result)
+
+    with mlflow.start_run(run_id=meta["mlflow"]["run_id"]):
+        for t, text in texts.items():
+            mlflow.log_text(text, f"sample/temperature_{t}.txt")
+        # Not params: those are immutable, and re-sampling with new settings reuses the run.
+        mlflow.log_dict(result, "sample/sample.json")
+        mlflow.log_metric("sample_chars_per_second", result["chars_per_second"])
+    for t, text in texts.items():
+        print(f"--- temperature {t}\n{text}\n")
+    return result
+
+
+def main() -> None:
+    try:
+        run(config.load())
+    except (config.ConfigError, SampleError, tracking.TrackingError, OSError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
