@@ -1,0 +1,35 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline import config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The local corpus mirror ($GENLAB_DATA_DIR). CI always sets it: there, its absence fails."""
+    value = os.environ.get("GENLAB_DATA_DIR")
+    if not value:
+        if os.environ.get("CI"):
+            pytest.fail("GENLAB_DATA_DIR is not set; CI must point it at ../shared/data")
+        pytest.skip("GENLAB_DATA_DIR is not set (point it at a folder holding nietzsche.txt)")
+    path = Path(value).resolve()
+    assert (path / "nietzsche.txt").is_file(), f"{path} holds no nietzsche.txt"
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, data_dir):
+    """A working directory under tmp_path, the mirror set, MLflow pointed at a store inside it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GENLAB_DATA_DIR", str(data_dir))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def tiny(tmp_path: Path, *overrides: str):
+    """The real conf/ with experiment=tiny and a tracking store under tmp_path."""
+    return config.compose(["experiment=tiny", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", *overrides])

@@ -1,0 +1,99 @@
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from pipeline import config
+from tests.conftest import REPO
+
+
+def test_params_yaml_is_conf_composed():
+    """params.yaml is never edited by hand: it must equal conf/ composed with no overrides."""
+    committed = (REPO / "params.yaml").read_text(encoding="utf-8")
+    composed = OmegaConf.to_container(config.compose())
+    assert yaml.safe_load(committed) == composed, "params.yaml is stale: run `python -m pipeline.config`"
+
+
+def test_write_params_is_byte_for_byte_what_dvc_composes(tmp_path):
+    """`dvc exp run -S` composes params.yaml itself; ours must not differ from it."""
+    from dvc.utils.hydra import compose_and_dump
+
+    ours, dvcs = tmp_path / "ours.yaml", tmp_path / "dvc.yaml"
+    overrides = ["experiment=tiny", "sample.temperature=0.7"]
+    config.write_params(overrides, ours)
+    compose_and_dump(dvcs, str(REPO / "conf"), None, "config", str(tmp_path), overrides)
+    assert ours.read_text() == dvcs.read_text()
+
+
+def test_defaults_are_the_books_recipe():
+    cfg = config.compose()
+    assert (cfg.corpus.name, cfg.vectorize.lowercase, cfg.vectorize.maxlen, cfg.vectorize.step) == ("nietzsche", True, 60, 3)
+    assert (cfg.model.name, cfg.model.units) == ("lstm", 128)
+    assert (cfg.train.optimizer, cfg.train.learning_rate, cfg.train.batch_size) == ("rmsprop", 0.01, 128)
+    assert list(cfg.train.epoch_samples.temperatures) == [0.2, 0.5, 1.0, 1.2]
+    assert config.temperatures(cfg.sample.temperature) == [0.2, 0.5, 1.0, 1.2]
+    assert cfg.vectorize.val_fraction == 0.1
+
+
+def test_tiny_experiment_and_single_temperature():
+    cfg = config.compose(["experiment=tiny", "sample.temperature=0.5"])
+    assert (cfg.vectorize.max_chars, cfg.model.units, cfg.train.epochs) == (20000, 16, 2)
+    assert config.temperatures(cfg.sample.temperature) == [0.5]
+
+
+def test_config_is_read_only():
+    cfg = config.compose()
+    with pytest.raises(Exception):
+        cfg.vectorize.maxlen = 3
+
+
+@pytest.mark.parametrize("override, key", [
+    ("vectorize.maxlen=0", "vectorize.maxlen"),
+    ("vectorize.step=-1", "vectorize.step"),
+    ("vectorize.val_fraction=0", "vectorize.val_fraction"),
+    ("vectorize.val_fraction=1.0", "vectorize.val_fraction"),
+    ("model.units=0", "model.units"),
+    ("train.learning_rate=0", "train.learning_rate"),
+    ("train.learning_rate=-0.1", "train.learning_rate"),
+    ("train.epochs=0", "train.epochs"),
+    ("train.batch_size=0", "train.batch_size"),
+    ("train.optimizer=adagrad", "train.optimizer"),
+    ("sample.temperature=0", "sample.temperature"),
+    ("sample.temperature=-1", "sample.temperature"),
+    ("sample.temperature=[0.5,0]", "sample.temperature"),
+    ("sample.temperature=nan", "sample.temperature"),
+    ("sample.temperature=inf", "sample.temperature"),
+    ("sample.temperature=hot", "sample.temperature"),
+    ("train.epoch_samples.temperatures=[0.0]", "train.epoch_samples.temperatures"),
+    ("sample.mode=sideways", "sample.mode"),
+    ("vectorize.maxlen=abc", "vectorize.maxlen"),
+    ("vectorize.lowercase=maybe", "vectorize.lowercase"),
+    ("vectorize.colour=red", "vectorize.colour"),
+    ("+vectorize.colour=red", "colour"),
+    ("corpus.sha256=abc", "corpus.sha256"),
+])
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")):
+        config.compose([override])
+
+
+def test_load_rejects_unknown_keys_and_names_the_file(tmp_path):
+    raw = OmegaConf.to_container(config.compose())
+    raw["train"]["epochz"] = 3
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(config.ConfigError, match=r"params\.yaml.*epochz"):
+        config.load(path)
+
+
+def test_load_round_trips_write_params(tmp_path):
+    path = tmp_path / "params.yaml"
+    written = config.write_params(["vectorize.maxlen=40"], path)
+    assert config.load(path) == written
+    assert config.load(path).vectorize.maxlen == 40
+
+
+def test_missing_params_file_says_how_to_make_it(tmp_path):
+    with pytest.raises(config.ConfigError, match="python -m pipeline.config"):
+        config.load(tmp_path / "params.yaml")

@@ -1,0 +1,73 @@
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import fetch, vectorize
+from tests.conftest import tiny
+
+
+def test_book_figures_on_full_nietzsche(data_dir):
+    """DLwP §8.1: 200278 sequences of 60 characters, 57 distinct characters after lowercasing."""
+    text = vectorize.read_corpus(data_dir / "nietzsche.txt").lower()
+    assert len(text) == 600893
+    vocab = vectorize.build_vocab(text)
+    assert len(vocab) == 57
+    assert vectorize.count_windows(len(text), 60, 3) == 200278
+    assert len(range(0, len(text) - 60, 3)) == 200278  # the book's own loop
+
+
+def test_windows_are_the_books_slices():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 30, size=517).astype(np.uint8)
+    for maxlen, step in [(60, 3), (7, 1), (10, 4), (516, 1)]:
+        x, y = vectorize.make_windows(ids, maxlen, step)
+        starts = list(range(0, len(ids) - maxlen, step))
+        assert x.shape == (len(starts), maxlen) and y.shape == (len(starts),)
+        for i, s in enumerate(starts):
+            assert np.array_equal(x[i], ids[s:s + maxlen]) and y[i] == ids[s + maxlen]
+
+
+def test_encode_decode_round_trip_and_dtypes():
+    text = "Zarathustra spoke: «ἀρχή»\n"
+    vocab = vectorize.build_vocab(text)
+    assert vocab == sorted(set(text))
+    ids = vectorize.encode(text, vocab)
+    assert ids.dtype == np.uint8 and vectorize.decode(ids, vocab) == text
+    big = "".join(chr(0x4E00 + i) for i in range(300))
+    ids = vectorize.encode(big, vectorize.build_vocab(big))
+    assert ids.dtype == np.uint16 and ids.max() == 299
+    assert vectorize.decode(ids, vectorize.build_vocab(big)) == big
+
+
+def test_run_writes_ids_vocab_and_summary(workdir):
+    cfg = tiny(workdir)
+    fetch.run(cfg)
+    summary = vectorize.run(cfg)
+    prepared = workdir / "data/prepared"
+    vocab = json.loads((prepared / "vocab.json").read_text(encoding="utf-8"))
+    train, val = np.load(prepared / "train.npy"), np.load(prepared / "val.npy")
+    text = (workdir / "data/raw/nietzsche.txt").read_text(encoding="utf-8").lower()[:20000]
+    assert train.dtype == np.uint8 and len(train) + len(val) == 20000
+    assert len(val) == 2000  # the held-out tail, 10%
+    assert vectorize.decode(train, vocab) + vectorize.decode(val, vocab) == text
+    assert summary["vocab_size"] == len(vocab) == len(set(text))
+    assert summary["windows_train"] == vectorize.count_windows(18000, 20, 3) == len(range(0, 18000 - 20, 3))
+    assert json.loads((workdir / "metrics/vectorize.json").read_text()) == summary
+
+
+def test_too_short_for_a_validation_window(workdir):
+    own = workdir / "short.txt"
+    own.write_text("a" * 200)
+    cfg = tiny(workdir, "corpus=custom", f"corpus.path={own}", "vectorize.maxlen=30")
+    fetch.run(cfg)
+    with pytest.raises(vectorize.VectorizeError, match="validation.*maxlen"):
+        vectorize.run(cfg)
+    assert not (workdir / "data/prepared").exists()
+
+
+def test_not_utf8_names_the_byte_offset(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("café au lait".encode("latin-1"))
+    with pytest.raises(vectorize.VectorizeError, match="byte offset 3"):
+        vectorize.read_corpus(path)
