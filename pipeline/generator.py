@@ -102,6 +102,8 @@ class Generator:
             p = self.probs(h)
             nxt = p.argmax(axis=-1) if greedy else sample_next(p, temps, rng)
             out[:, k] = nxt
+            if k + 1 == length:
+                break
             if mode == "stateful":
                 h, state = self.step(nxt, state)
             else:

@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+
+from pipeline.generator import Generator, sample_next
+
+
+def test_low_temperature_is_argmax():
+    rng = np.random.default_rng(0)
+    p = np.array([0.1, 0.5, 0.4])
+    for t in (1e-2, 1e-6, 1e-300):
+        assert {int(sample_next(p, t, rng)) for _ in range(200)} == {1}
+
+
+def test_temperature_one_reproduces_p():
+    rng = np.random.default_rng(1)
+    p = np.array([0.05, 0.15, 0.3, 0.5])
+    n = 40000
+    draws = sample_next(np.tile(p, (n, 1)), 1.0, rng)
+    counts = np.bincount(draws, minlength=4)
+    chi2 = (((counts - n * p) ** 2) / (n * p)).sum()
+    assert chi2 < 16.27  # chi-square, 3 degrees of freedom, p = 0.001
+
+
+def test_temperature_reweights_as_the_book_says():
+    """exp(log p / T), renormalised: q is p**(1/T) normalised."""
+    rng = np.random.default_rng(2)
+    p = np.array([0.2, 0.3, 0.5])
+    q = p ** 2 / (p ** 2).sum()  # T = 0.5
+    n = 40000
+    counts = np.bincount(sample_next(np.tile(p, (n, 1)), 0.5, rng), minlength=3)
+    assert np.allclose(counts / n, q, atol=0.01)
+
+
+@pytest.mark.parametrize("t", [0.01, 0.2, 1.0, 5.0, 1e-300])
+def test_zero_probabilities_are_never_drawn_and_nothing_is_nan(t):
+    rng = np.random.default_rng(3)
+    p = np.array([0.0, 0.3, 0.0, 0.7, 0.0])
+    draws = sample_next(np.tile(p, (2000, 1)), t, rng)
+    assert set(np.unique(draws)) <= {1, 3}
+
+
+def test_one_temperature_per_stream():
+    rng = np.random.default_rng(4)
+    p = np.tile([0.2, 0.35, 0.45], (2, 1))
+    draws = np.array([sample_next(p, [1e-9, 1.0], rng) for _ in range(3000)])
+    assert set(draws[:, 0]) == {2}
+    assert set(draws[:, 1]) == {0, 1, 2}
+
+
+@pytest.fixture(scope="module")
+def model():
+    import keras
+
+    from pipeline.model import MODELS
+
+    keras.utils.set_random_seed(7)
+    m = MODELS["lstm"](11, 8)
+    # Larger weights than the initialiser's, so the test is not passed by near-uniform outputs.
+    m.set_weights([m.get_weights()[0]] + [w * 3 for w in m.get_weights()[1:]])
+    return m
+
+
+@pytest.mark.parametrize("length", [1, 5, 12, 30])
+def test_window_probs_match_the_models_forward_pass(model, length):
+    windows = np.random.default_rng(length).integers(0, 11, size=(3, length))
+    ours = Generator(model, maxlen=12).window_probs(windows)
+    theirs = np.asarray(model(windows.astype("int32")))
+    assert ours.shape == (3, 11)
+    np.testing.assert_allclose(ours, theirs, atol=2e-6)
+    np.testing.assert_allclose(ours.sum(axis=-1), 1.0, atol=1e-6)
+
+
+def _greedy_reference(model, prompt, length, maxlen):
+    text = list(prompt)
+    for _ in range(length):
+        window = np.array([text[-maxlen:]], dtype="int32")
+        text.append(int(np.argmax(np.asarray(model(window))[0])))
+    return text[len(prompt):]
+
+
+def test_window_mode_is_model_of_the_last_maxlen_characters_at_every_step(model):
+    maxlen, prompt = 6, [3, 1, 4]
+    gen = Generator(model, maxlen)
+    out = gen.generate(prompt, [1.0], 20, np.random.default_rng(0), mode="window", greedy=True)
+    assert out[0].tolist() == _greedy_reference(model, prompt, 20, maxlen)
+
+
+def test_stateful_mode_matches_the_model_while_shorter_than_maxlen(model):
+    maxlen, prompt = 30, [3, 1, 4]
+    gen = Generator(model, maxlen)
+    stateful = gen.generate(prompt, [1.0], 20, np.random.default_rng(0), mode="stateful", greedy=True)
+    window = gen.generate(prompt, [1.0], 20, np.random.default_rng(0), mode="window", greedy=True)
+    assert stateful[0].tolist() == window[0].tolist() == _greedy_reference(model, prompt, 20, maxlen)
+    # And step by step, the carried state gives model(whole text so far).
+    text = np.array(prompt + stateful[0].tolist())
+    h, state = gen.run(text[None, :3])
+    for k in range(3, 12):
+        np.testing.assert_allclose(gen.probs(h), np.asarray(model(text[None, :k].astype("int32"))), atol=2e-6)
+        h, state = gen.step(text[k:k + 1], state)
+
+
+def test_sampled_streams_are_reproducible_from_the_seed(model):
+    gen = Generator(model, 10)
+    a = gen.generate([1, 2, 3], [0.2, 0.5, 1.0, 1.2], 50, np.random.default_rng(42))
+    b = gen.generate([1, 2, 3], [0.2, 0.5, 1.0, 1.2], 50, np.random.default_rng(42))
+    assert a.shape == (4, 50) and np.array_equal(a, b)
+    assert a.min() >= 0 and a.max() < 11
+
+
+def test_empty_prompt_is_an_error(model):
+    with pytest.raises(ValueError, match="prompt is empty"):
+        Generator(model, 10).generate([], [1.0], 5, np.random.default_rng(0))

@@ -1,0 +1,97 @@
+"""End to end on the tiny config: what a run writes to disk and to MLflow, and Hydra multirun."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import mlflow
+import pytest
+
+from pipeline import fetch, sample, train, vectorize
+from tests.conftest import REPO, tiny
+
+
+@pytest.fixture
+def finished_run(workdir):
+    cfg = tiny(workdir, "sample.temperature=[0.5,1.2]")
+    for stage in (fetch, vectorize, train, sample):
+        stage.run(cfg)
+    meta = json.loads((workdir / "models/meta.json").read_text())
+    return workdir, cfg, meta
+
+
+def test_run_writes_model_history_metrics_and_samples(finished_run):
+    workdir, cfg, meta = finished_run
+    assert (workdir / "models/model.keras").stat().st_size > 0
+    assert meta["maxlen"] == 20 and meta["lowercase"] is True
+    assert meta["vocab"] == json.loads((workdir / "data/prepared/vocab.json").read_text())
+    rows = list(csv.DictReader((workdir / "metrics/history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    metrics = json.loads((workdir / "metrics/train.json").read_text())
+    assert metrics["epochs"] == 2
+    assert metrics["val_loss"] == pytest.approx(float(rows[-1]["val_loss"]))
+    assert metrics["best_val_loss"] == pytest.approx(min(float(r["val_loss"]) for r in rows))
+    assert metrics["val_bpc"] == pytest.approx(metrics["best_val_loss"] / 0.6931471805599453)
+    assert metrics["seconds_per_epoch"] > 0
+    names = sorted(p.name for p in (workdir / "samples").iterdir())
+    assert names == ["temperature_0.5.txt", "temperature_1.2.txt"]
+    for name in names:
+        text = (workdir / "samples" / name).read_text().rstrip("\n")
+        assert len(text) == 20 + 80 and set(text) <= set(meta["vocab"])
+
+
+def test_exported_model_is_the_best_validation_epoch(finished_run):
+    import keras
+    import numpy as np
+
+    from pipeline.train import make_dataset
+
+    workdir, cfg, _ = finished_run
+    model = keras.saving.load_model(workdir / "models/model.keras", safe_mode=True)
+    model.compile(loss="sparse_categorical_crossentropy")
+    val = np.load(workdir / "data/prepared/val.npy")
+    loss = model.evaluate(make_dataset(val, 20, 3, 64, None, 0), verbose=0)
+    best = json.loads((workdir / "metrics/train.json").read_text())["best_val_loss"]
+    assert loss == pytest.approx(best, rel=1e-4)
+
+
+def test_mlflow_holds_params_per_epoch_metrics_samples_and_model(finished_run):
+    workdir, cfg, meta = finished_run
+    client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    run = client.get_run(meta["mlflow"]["run_id"])
+    assert run.info.status == "FINISHED"
+    p = run.data.params
+    assert p["vectorize.maxlen"] == "20" and p["model.units"] == "16" and p["train.learning_rate"] == "0.01"
+    assert p["corpus.name"] == "nietzsche" and p["seed"] == "1337"
+    tags = run.data.tags
+    assert tags["seed"] == "1337" and tags["tensorflow"] and tags["keras"]
+    assert tags["data.train_md5"] and tags["corpus.sha256"].startswith("9cb94a5f")
+    rows = list(csv.DictReader((workdir / "metrics/history.csv").open()))
+    for key in ("loss", "val_loss", "bpc", "val_bpc"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == [1, 2]
+        assert [m.value for m in history] == pytest.approx([float(r[key]) for r in rows])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "samples/epoch_002")}
+    assert artifacts == {f"samples/epoch_002/temperature_{t}.txt" for t in (0.2, 0.5, 1.0, 1.2)}
+    local = client.download_artifacts(run.info.run_id, "sample/temperature_1.2.txt", str(workdir / "dl"))
+    assert open(local).read() == (workdir / "samples/temperature_1.2.txt").read_text().rstrip("\n")
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == {"model/model.keras", "model/meta.json"}
+
+
+def test_hydra_multirun_gives_one_mlflow_run_per_job(workdir):
+    env = {**os.environ, "GENLAB_DATA_DIR": os.environ["GENLAB_DATA_DIR"]}
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "-m", "experiment=tiny", "train.epochs=1",
+         "sample.temperature=0.5,1.0", f"mlflow.tracking_uri={uri}", "hydra.sweep.dir=sweep"],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("genlab-textgen").experiment_id])
+    assert len(runs) == 2
+    assert {r.data.params["sample.temperature"] for r in runs} == {"0.5", "1.0"}
+    assert {r.data.tags["sweep"] for r in runs} == {str(workdir / "sweep")}
+    assert {r.data.tags["sweep.job"] for r in runs} == {"0", "1"}
+    for job, t in (("0", "0.5"), ("1", "1.0")):
+        assert (workdir / "sweep" / job / "samples" / f"temperature_{t}.txt").exists()
