@@ -25,9 +25,14 @@ def job(raw: DictConfig) -> dict:
 
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
+    launched_from = Path(hc.runtime.cwd)
     with open_dict(raw):
-        # Hydra has moved into the job folder: anchor the store at the folder the user ran from.
-        raw.mlflow.tracking_uri = tracking.resolve_uri(raw.mlflow.tracking_uri, Path(hc.runtime.cwd))
+        # Hydra has moved into the job folder: anchor the store and the user's own files at the
+        # folder the user ran from.
+        raw.mlflow.tracking_uri = tracking.resolve_uri(raw.mlflow.tracking_uri, launched_from)
+        for key in ("corpus.path", "fetch.mirror"):
+            if OmegaConf.select(raw, key):
+                OmegaConf.update(raw, key, str(launched_from / Path(OmegaConf.select(raw, key)).expanduser()))
         raw.mlflow.tags["overrides"] = " ".join(overrides)
         if hc.mode == RunMode.MULTIRUN:
             raw.mlflow.tags["sweep"] = str(Path(hc.runtime.cwd) / hc.sweep.dir)

@@ -67,7 +67,7 @@ def run(cfg) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     texts = {}
-    for t, ids in zip(temps, out):
+    for t, ids in zip(temps, out, strict=True):
         texts[t] = prompt + decode(ids, vocab)
         (staging / f"temperature_{t}.txt").write_text(texts[t] + "\n", encoding="utf-8")
     shutil.rmtree(samples_dir, ignore_errors=True)

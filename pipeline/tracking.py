@@ -38,11 +38,12 @@ def connect(uri: str, experiment: str) -> str:
     Fails fast, with the URI in the message, when the store cannot be reached."""
     import mlflow
 
-    # A remote server that is down would otherwise be retried for minutes.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
+    # A server that is down would be retried for minutes: probe it once, quickly, first.
+    probe = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    saved = {k: os.environ.get(k) for k in probe}
+    os.environ.update({k: v for k, v in probe.items() if saved[k] is None})
     try:
         found = client.get_experiment_by_name(experiment)
         if found is not None:
@@ -60,6 +61,10 @@ def connect(uri: str, experiment: str) -> str:
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot use this store"
         raise TrackingError(f"mlflow.tracking_uri: cannot reach the MLflow store {uri}: "
                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
 
 
 def flatten(tree, prefix: str = "") -> dict[str, str]:

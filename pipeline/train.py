@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from pipeline import artifacts, config, tracking
 from pipeline.vectorize import count_windows, decode
@@ -84,7 +85,7 @@ def _epoch_callback(cfg_samples, vocab, val_ids, maxlen, seed, history):
             prompt = val_ids[start:start + maxlen]
             gen = Generator(self.model, maxlen)
             out = gen.generate(prompt, temps, cfg_samples.length, rng, mode=cfg_samples.mode)
-            for t, ids in zip(temps, out):
+            for t, ids in zip(temps, out, strict=True):
                 text = f"--- seed: {decode(prompt, vocab)!r}\n{decode(prompt, vocab)}{decode(ids, vocab)}\n"
                 mlflow.log_text(text, f"samples/epoch_{n:03d}/temperature_{t}.txt")
             print(f"epoch {n}: loss {row['loss']:.4f}  val_loss {row['val_loss']:.4f}  "
@@ -115,7 +116,6 @@ def run(cfg) -> dict:
     train_ds = make_dataset(train_ids, maxlen, step, t.batch_size, t.shuffle_buffer, cfg.seed)
     val_ds = make_dataset(val_ids, maxlen, step, t.batch_size, None, cfg.seed)
 
-    from omegaconf import OmegaConf
     params = OmegaConf.to_container(cfg, resolve=True)
     history: list[dict] = []
     with mlflow.start_run(experiment_id=experiment_id) as active:

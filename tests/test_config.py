@@ -1,4 +1,3 @@
-from pathlib import Path
 
 import pytest
 import yaml
@@ -44,7 +43,9 @@ def test_tiny_experiment_and_single_temperature():
 
 def test_config_is_read_only():
     cfg = config.compose()
-    with pytest.raises(Exception):
+    from omegaconf.errors import ReadonlyConfigError
+
+    with pytest.raises(ReadonlyConfigError):
         cfg.vectorize.maxlen = 3
 
 

@@ -22,7 +22,8 @@ def _sh(args, cwd, env):
 
 @pytest.fixture
 def repo(tmp_path, data_dir):
-    for name in ("conf", "pipeline", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore"):
+    (tmp_path / ".dvc").mkdir()  # the project's settings, not whatever cache a local run left
+    for name in ("conf", "pipeline", "dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
     shutil.rmtree(tmp_path / "pipeline" / "__pycache__", ignore_errors=True)

@@ -9,7 +9,7 @@ import mlflow
 import pytest
 
 from pipeline import fetch, sample, train, vectorize
-from tests.conftest import REPO, tiny
+from tests.conftest import tiny
 
 
 @pytest.fixture
