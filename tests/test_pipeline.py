@@ -1,7 +1,6 @@
 """End to end on the tiny config: what a run writes to disk and to MLflow, and Hydra multirun."""
 import csv
 import json
-import os
 import subprocess
 import sys
 
@@ -79,13 +78,14 @@ def test_mlflow_holds_params_per_epoch_metrics_samples_and_model(finished_run):
     assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == {"model/model.keras", "model/meta.json"}
 
 
-def test_hydra_multirun_gives_one_mlflow_run_per_job(workdir):
-    env = {**os.environ, "GENLAB_DATA_DIR": os.environ["GENLAB_DATA_DIR"]}
+def test_hydra_multirun_gives_one_mlflow_run_per_job(workdir, data_dir):
+    # A relative corpus.path is the user's, relative to where they ran the command, not to the job folder.
+    (workdir / "mine.txt").write_text((data_dir / "nietzsche.txt").read_text(encoding="utf-8")[:30000], encoding="utf-8")
     uri = f"sqlite:///{workdir}/mlflow.db"
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "-m", "experiment=tiny", "train.epochs=1",
-         "sample.temperature=0.5,1.0", f"mlflow.tracking_uri={uri}", "hydra.sweep.dir=sweep"],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+        [sys.executable, "-m", "pipeline", "-m", "experiment=tiny", "train.epochs=1", "corpus=custom",
+         "corpus.path=mine.txt", "sample.temperature=0.5,1.0", f"mlflow.tracking_uri={uri}", "hydra.sweep.dir=sweep"],
+        cwd=workdir, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = mlflow.MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("genlab-textgen").experiment_id])
@@ -93,5 +93,6 @@ def test_hydra_multirun_gives_one_mlflow_run_per_job(workdir):
     assert {r.data.params["sample.temperature"] for r in runs} == {"0.5", "1.0"}
     assert {r.data.tags["sweep"] for r in runs} == {str(workdir / "sweep")}
     assert {r.data.tags["sweep.job"] for r in runs} == {"0", "1"}
+    assert {r.data.params["corpus.path"] for r in runs} == {str(workdir / "mine.txt")}
     for job, t in (("0", "0.5"), ("1", "1.0")):
         assert (workdir / "sweep" / job / "samples" / f"temperature_{t}.txt").exists()
