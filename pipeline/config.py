@@ -117,9 +117,13 @@ MODES = ("window", "stateful")
 
 def temperatures(value) -> list[float]:
     """`sample.temperature` as a list: a single value is a list of one."""
+    return [float(t) for t in _as_list(value)]
+
+
+def _as_list(value) -> list:
     if OmegaConf.is_list(value):
         value = OmegaConf.to_container(value)
-    return [float(t) for t in (value if isinstance(value, (list, tuple)) else [value])]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _check(ok: bool, key: str, message: str, source: str) -> None:
@@ -165,8 +169,7 @@ def validate(raw: DictConfig | dict, source: str = "config") -> DictConfig:
     _check_temperatures(list(t.epoch_samples.temperatures), "train.epoch_samples.temperatures", source)
     _check(t.epoch_samples.mode in MODES, "train.epoch_samples.mode", f"must be one of {MODES}, got {t.epoch_samples.mode!r}", source)
     s = cfg.sample
-    temps = OmegaConf.to_container(s.temperature) if OmegaConf.is_list(s.temperature) else s.temperature
-    _check_temperatures(temps if isinstance(temps, list) else [temps], "sample.temperature", source)
+    _check_temperatures(_as_list(s.temperature), "sample.temperature", source)
     _check(s.mode in MODES, "sample.mode", f"must be one of {MODES}, got {s.mode!r}", source)
     _check(cfg.model.name in ("lstm",), "model.name", f"must be one of ('lstm',), got {cfg.model.name!r}", source)
     c = cfg.corpus

@@ -85,8 +85,9 @@ def _epoch_callback(cfg_samples, vocab, val_ids, maxlen, seed, history):
             prompt = val_ids[start:start + maxlen]
             gen = Generator(self.model, maxlen)
             out = gen.generate(prompt, temps, cfg_samples.length, rng, mode=cfg_samples.mode)
+            seed_text = decode(prompt, vocab)
             for t, ids in zip(temps, out, strict=True):
-                text = f"--- seed: {decode(prompt, vocab)!r}\n{decode(prompt, vocab)}{decode(ids, vocab)}\n"
+                text = f"--- seed: {seed_text!r}\n{seed_text}{decode(ids, vocab)}\n"
                 mlflow.log_text(text, f"samples/epoch_{n:03d}/temperature_{t}.txt")
             print(f"epoch {n}: loss {row['loss']:.4f}  val_loss {row['val_loss']:.4f}  "
                   f"val_bpc {row['val_bpc']:.3f}  ({row['seconds']:.1f} s)  "
