@@ -12,18 +12,35 @@ character at a time, for several streams at once (one per temperature), in one o
 
 Calling `model.predict` once per character, as the book does, spends nearly all its time in
 per-call overhead; the numpy cell gives the same probabilities (to float32 rounding).
+
+Randomness is explicit: one `numpy.random.Generator` for all streams, or one per stream, in
+which case each stream's text depends only on its own generator, not on what it was batched with.
+An empty prompt starts from the LSTM's initial (zero) state: the first character is drawn from
+what the model predicts before it has read anything.
 """
 from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 MODES = ("window", "stateful")
 
 
-def sample_next(probs, temperature, rng: np.random.Generator) -> np.ndarray:
+def _uniform(rng, n: int) -> np.ndarray:
+    if isinstance(rng, np.random.Generator):
+        return rng.random(n)
+    if len(rng) != n:
+        raise ValueError(f"{len(rng)} random generators for {n} streams")
+    return np.array([r.random() for r in rng])
+
+
+def sample_next(probs, temperature, rng: np.random.Generator | Sequence[np.random.Generator]) -> np.ndarray:
     """Draw one index per row of `probs` (shape (V,) or (B, V)) after reweighting by `temperature`
-    (a scalar or one per row). Zeros, unnormalised rows and temperatures near 0 are all safe:
-    as T -> 0 this is the argmax."""
+    (a scalar or one per row), with `rng` (one generator, or one per row). Zeros, unnormalised
+    rows and temperatures near 0 are all safe: as T -> 0 this is the argmax."""
     p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
     p = np.where(np.isfinite(p) & (p > 0), p, 0.0)
     empty = p.sum(axis=-1) == 0
@@ -36,7 +53,7 @@ def sample_next(probs, temperature, rng: np.random.Generator) -> np.ndarray:
     z = (logp - logp.max(axis=-1, keepdims=True)) / t[:, None]
     q = np.exp(z)
     cdf = np.cumsum(q, axis=-1)
-    x = (1.0 - rng.random(p.shape[0])) * cdf[:, -1]  # in (0, total]: never lands on a zero-mass index
+    x = (1.0 - _uniform(rng, p.shape[0])) * cdf[:, -1]  # in (0, total]: never lands on a zero-mass index
     idx = (cdf < x[:, None]).sum(axis=-1)
     return idx if np.ndim(probs) > 1 else idx[0]
 
@@ -86,22 +103,22 @@ class Generator:
         """`model(windows)` for (batch, time) ids: the next-character distribution."""
         return self.probs(self.run(np.asarray(windows))[0])
 
-    def generate(self, prompt_ids, temperatures, length: int, rng: np.random.Generator,
-                 mode: str = "window", greedy: bool = False) -> np.ndarray:
-        """`length` new ids after `prompt_ids` for each temperature, all streams in one batch.
-        Returns an array (len(temperatures), length)."""
+    def stream(self, prompt_ids, temperatures, length: int, rng, mode: str = "window",
+               greedy: bool = False) -> Iterator[np.ndarray]:
+        """Yield, `length` times, the next id of each stream (one per temperature) as it is drawn.
+        `rng`: one generator for all streams or one per stream."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if len(prompt_ids) == 0:
-            raise ValueError("the prompt is empty: give at least one character")
         temps = np.asarray(temperatures, dtype=np.float64)
-        streams = np.tile(np.asarray(prompt_ids, dtype=np.int64)[-self.maxlen:], (len(temps), 1))
-        out = np.empty((len(temps), length), dtype=np.int64)
-        h, state = self.run(streams)  # stateful mode primes on the same (last maxlen) characters
+        prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(-1)
+        # The window mode sees the last maxlen characters; the stateful mode reads the whole prompt.
+        streams = np.tile(prompt[-self.maxlen:] if mode == "window" else prompt, (len(temps), 1))
+        h, state = self.run(streams)
+        streams = streams[:, -self.maxlen:]
         for k in range(length):
             p = self.probs(h)
             nxt = p.argmax(axis=-1) if greedy else sample_next(p, temps, rng)
-            out[:, k] = nxt
+            yield nxt
             if k + 1 == length:
                 break
             if mode == "stateful":
@@ -109,4 +126,45 @@ class Generator:
             else:
                 streams = np.concatenate([streams, nxt[:, None]], axis=1)[:, -self.maxlen:]
                 h, _ = self.run(streams)
+
+    def generate(self, prompt_ids, temperatures, length: int, rng, mode: str = "window",
+                 greedy: bool = False, progress: bool = False) -> np.ndarray:
+        """`length` new ids after `prompt_ids` for each temperature, all streams in one batch.
+        Returns an array (len(temperatures), length). `progress`: show a progress line on a
+        terminal's stderr once generation has taken more than two seconds."""
+        out = np.empty((len(temperatures), length), dtype=np.int64)
+        bar = Progress(length, "generating") if progress else None
+        for k, nxt in enumerate(self.stream(prompt_ids, temperatures, length, rng, mode, greedy)):
+            out[:, k] = nxt
+            if bar:
+                bar.update(k + 1)
+        if bar:
+            bar.close()
         return out
+
+
+class Progress:
+    """A one-line progress bar on stderr, for a terminal only, shown after `delay` seconds so that
+    quick work prints nothing."""
+
+    def __init__(self, total: int, label: str, delay: float = 2.0, stream=None):
+        self.total, self.label, self.delay = total, label, delay
+        self.out = stream or sys.stderr
+        self.started = self.last = time.perf_counter()
+        self.shown = False
+        self.enabled = self.out.isatty()
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        if not self.enabled or now - self.started < self.delay or (now - self.last < 0.2 and done < self.total):
+            return
+        self.last, self.shown = now, True
+        filled = int(30 * done / self.total)
+        rate = done / (now - self.started)
+        self.out.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} ({rate:,.0f}/s)")
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            self.out.write("\n")
+            self.out.flush()

@@ -107,6 +107,59 @@ def test_sampled_streams_are_reproducible_from_the_seed(model):
     assert a.min() >= 0 and a.max() < 11
 
 
-def test_empty_prompt_is_an_error(model):
-    with pytest.raises(ValueError, match="prompt is empty"):
-        Generator(model, 10).generate([], [1.0], 5, np.random.default_rng(0))
+def test_empty_prompt_starts_from_the_initial_state(model):
+    gen = Generator(model, 10)
+    out = gen.generate([], [1.0], 6, np.random.default_rng(0), greedy=True)
+    w, b = model.get_layer("next_char").get_weights()
+    assert out[0, 0] == int(np.argmax(b))  # h = 0 before any input: the softmax of the bias alone
+    assert out[0, 1:].tolist() == _greedy_reference(model, [int(out[0, 0])], 5, 10)
+
+
+def test_streams_with_their_own_generators_do_not_depend_on_the_batch(model):
+    gen = Generator(model, 10)
+    temps = [0.5, 1.0, 1.2]
+    batched = gen.generate([4, 2], temps, 40, [np.random.default_rng([9, k]) for k in range(3)])
+    for k, t in enumerate(temps):
+        alone = gen.generate([4, 2], [t], 40, [np.random.default_rng([9, k])])
+        assert alone[0].tolist() == batched[k].tolist()
+
+
+def test_stream_yields_what_generate_returns(model):
+    gen = Generator(model, 10)
+    streamed = np.stack(list(gen.stream([1, 2, 3], [0.5, 1.0], 30, np.random.default_rng(5))), axis=1)
+    assert np.array_equal(streamed, gen.generate([1, 2, 3], [0.5, 1.0], 30, np.random.default_rng(5)))
+
+
+def test_stateful_mode_reads_the_whole_prompt_even_past_maxlen(model):
+    maxlen, prompt = 5, [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
+    gen = Generator(model, maxlen)
+    first = next(gen.stream(prompt, [1.0], 1, np.random.default_rng(0), mode="stateful", greedy=True))
+    expected = np.asarray(model(np.array([prompt], dtype="int32"))).argmax(axis=-1)
+    assert first.tolist() == expected.tolist()
+    first_window = next(gen.stream(prompt, [1.0], 1, np.random.default_rng(0), mode="window", greedy=True))
+    assert first_window.tolist() == np.asarray(model(np.array([prompt[-maxlen:]], dtype="int32"))).argmax(axis=-1).tolist()
+
+
+def test_progress_line_appears_only_on_a_terminal_after_the_delay():
+    import io
+
+    from pipeline.generator import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    quiet, shown = io.StringIO(), Tty()
+    for out, delay in ((quiet, 0.0), (shown, 0.0)):
+        bar = Progress(10, "generating", delay=delay, stream=out)
+        for k in range(1, 11):
+            bar.update(k)
+        bar.close()
+    assert quiet.getvalue() == ""
+    assert ("\rgenerating [" + "#" * 30 + "] 10/10 (") in shown.getvalue()
+    assert shown.getvalue().endswith("/s)\n")
+    late = Tty()
+    bar = Progress(10, "generating", delay=60.0, stream=late)
+    bar.update(10)
+    bar.close()
+    assert late.getvalue() == ""
