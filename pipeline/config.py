@@ -33,6 +33,7 @@ class Corpus:
     url: Optional[str] = MISSING
     sha256: Optional[str] = MISSING
     path: Optional[str] = MISSING
+    lowercase: bool = MISSING  # how the corpus is meant to be read; vectorize.lowercase defaults to it
 
 
 @dataclass
@@ -96,6 +97,7 @@ class Mlflow:
     tracking_uri: Optional[str] = MISSING
     experiment: str = MISSING
     tags: dict[str, str] = field(default_factory=dict)
+    registered_model: Optional[str] = MISSING
 
 
 @dataclass
@@ -109,6 +111,28 @@ class Config:
     train: Train = MISSING
     sample: Sample = MISSING
     mlflow: Mlflow = MISSING
+
+
+@dataclass
+class GenerateMlflow:
+    tracking_uri: Optional[str] = MISSING
+
+
+@dataclass
+class Generate:
+    """conf/generate.yaml: the `python -m pipeline.generate` command, not a pipeline stage."""
+    model_dir: str = MISSING
+    run_id: Optional[str] = MISSING
+    prompt: str = MISSING
+    length: int = MISSING
+    temperature: Any = MISSING
+    num_samples: int = MISSING
+    seed: int = MISSING
+    mode: str = MISSING
+    greedy: bool = MISSING
+    output: Optional[str] = MISSING
+    stream: Optional[bool] = MISSING
+    mlflow: GenerateMlflow = MISSING
 
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
@@ -139,11 +163,11 @@ def _check_temperatures(values, key: str, source: str) -> None:
         _check(math.isfinite(t) and t > 0, key, f"must be finite and > 0, got {t!r}", source)
 
 
-def validate(raw: DictConfig | dict, source: str = "config") -> DictConfig:
-    """Merge `raw` into the schema (unknown keys and wrong types are errors), check ranges,
-    and return a read-only config. `source` names the file or command in error messages."""
+def _merge(schema, raw, source: str) -> DictConfig:
+    """`raw` merged into the dataclass `schema`: unknown keys, wrong types and missing values are
+    errors that name the key."""
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), raw)
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), raw)
         missing = sorted(OmegaConf.missing_keys(cfg))
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
@@ -151,6 +175,13 @@ def validate(raw: DictConfig | dict, source: str = "config") -> DictConfig:
         raise ConfigError(f"{source}: {key + ': ' if key else ''}{message}") from None
     if missing:
         raise ConfigError(f"{source}: missing value for {', '.join(missing)}")
+    return cfg
+
+
+def validate(raw: DictConfig | dict, source: str = "config") -> DictConfig:
+    """Merge `raw` into the schema (unknown keys and wrong types are errors), check ranges,
+    and return a read-only config. `source` names the file or command in error messages."""
+    cfg = _merge(Config, raw, source)
 
     positive_ints = ["seed", "vectorize.maxlen", "vectorize.step", "model.units", "train.batch_size",
                      "train.epochs", "train.epoch_samples.length", "sample.length"]
@@ -180,27 +211,44 @@ def validate(raw: DictConfig | dict, source: str = "config") -> DictConfig:
     return cfg
 
 
-def _source(overrides) -> str:
-    return "conf/ with overrides " + " ".join(overrides) if overrides else "conf/"
+def validate_generate(raw: DictConfig | dict, source: str = "conf/generate.yaml") -> DictConfig:
+    """The generate command's config (conf/generate.yaml), checked like the pipeline's."""
+    cfg = _merge(Generate, raw, source)
+    for key in ("length", "num_samples"):
+        _check(cfg[key] >= 1, key, f"must be >= 1, got {cfg[key]}", source)
+    _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}", source)
+    _check_temperatures(_as_list(cfg.temperature), "temperature", source)
+    _check(cfg.mode in MODES, "mode", f"must be one of {MODES}, got {cfg.mode!r}", source)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
 
 
-def _compose_raw(overrides) -> DictConfig:
+def _source(overrides, where: str = "conf/") -> str:
+    return f"{where} with overrides " + " ".join(overrides) if overrides else where
+
+
+def _compose_raw(overrides, config_name: str = "config") -> DictConfig:
     """conf/ composed and resolved exactly as DVC does for `dvc exp run` (dvc.utils.hydra)."""
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.errors import HydraException
 
     try:
         with initialize_config_dir(str(CONF_DIR), version_base=None):
-            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"{_source(overrides)}: {e}") from None
+        raise ConfigError(f"{_source(overrides, 'conf/' if config_name == 'config' else f'conf/{config_name}.yaml')}: {e}") from None
     return cfg
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """conf/ composed with Hydra overrides, interpolations resolved, validated."""
     return validate(_compose_raw(overrides), _source(overrides))
+
+
+def compose_generate(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """conf/generate.yaml with overrides, validated: what `python -m pipeline.generate` runs."""
+    return validate_generate(_compose_raw(overrides, "generate"), _source(overrides, "conf/generate.yaml"))
 
 
 def load(path: Path = PARAMS_FILE) -> DictConfig:

@@ -1,9 +1,17 @@
 """Model builders, one per family, chosen by `model.name`. Each takes plain values and returns a
 compiled-ready `keras.Model` mapping a batch of character-id windows (batch, time) to the
-next-character distribution (batch, vocab). Ids go in, so no one-hot tensor is ever stored."""
+next-character distribution (batch, vocab). Ids go in, so no one-hot tensor is ever stored.
+`load` reads a trained model back, with the vocabulary and maxlen saved beside it."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import keras
+
+
+class ModelError(ValueError):
+    """A trained model folder is missing, incomplete or unreadable."""
 
 
 def build_lstm(vocab_size: int, units: int) -> keras.Model:
@@ -19,3 +27,26 @@ def build_lstm(vocab_size: int, units: int) -> keras.Model:
 
 
 MODELS = {"lstm": build_lstm}
+
+
+def load(folder: Path | str) -> tuple[keras.Model, dict]:
+    """The model in `folder` (model.keras, loaded in Keras safe mode: no code from the file runs)
+    and its meta.json (vocab, maxlen, lowercase, config, MLflow run), as the train stage wrote them."""
+    folder = Path(folder)
+    model_file, meta_file = folder / "model.keras", folder / "meta.json"
+    for f in (model_file, meta_file):
+        if not f.is_file():
+            raise ModelError(f"{f}: not found; train a model first (`dvc repro`), or name another folder")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        vocab, maxlen = meta["vocab"], int(meta["maxlen"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"{meta_file}: not a model description ({type(e).__name__}: {e})") from None
+    try:
+        model = keras.saving.load_model(model_file, safe_mode=True)
+    except Exception as e:  # noqa: BLE001 - zip, HDF5 and deserialisation errors all mean "unreadable"
+        raise ModelError(f"{model_file}: cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    vocab_size = model.output_shape[-1]
+    if vocab_size != len(vocab):
+        raise ModelError(f"{model_file}: predicts {vocab_size} characters but {meta_file} lists {len(vocab)}")
+    return model, {**meta, "maxlen": maxlen}

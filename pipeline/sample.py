@@ -7,7 +7,6 @@ logs the texts to the training's MLflow run under sample/.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -24,29 +23,27 @@ class SampleError(ValueError):
     pass
 
 
-def encode_prompt(prompt: str, vocab: list[str], lowercase: bool) -> np.ndarray:
-    """The prompt as ids; characters the model never saw are an error that lists them."""
+def encode_prompt(prompt: str, vocab: list[str], lowercase: bool, key: str = "sample.prompt") -> np.ndarray:
+    """The prompt as ids; characters the model never saw are an error that lists them under `key`."""
     if lowercase:
         prompt = prompt.lower()
     index = {ch: i for i, ch in enumerate(vocab)}
     unknown = sorted({ch for ch in prompt if ch not in index})
     if unknown:
-        raise SampleError(f"sample.prompt: characters not in the model's vocabulary: {unknown!r}")
+        raise SampleError(f"{key}: characters not in the model's vocabulary: {unknown!r}")
     return np.array([index[ch] for ch in prompt], dtype=np.int64)
 
 
 def run(cfg) -> dict:
-    import keras
     import mlflow
 
+    from pipeline import model as models
     from pipeline.generator import Generator
 
     s = cfg.sample
     tracking.connect(tracking.resolve_uri(cfg.mlflow.tracking_uri), cfg.mlflow.experiment)  # fail fast
-    models_dir = Path(cfg.paths.models)
-    meta = json.loads((models_dir / "meta.json").read_text(encoding="utf-8"))
+    model, meta = models.load(cfg.paths.models)
     vocab, maxlen = meta["vocab"], meta["maxlen"]
-    model = keras.saving.load_model(models_dir / "model.keras", safe_mode=True)
     rng = np.random.default_rng(cfg.seed)
     if s.prompt is None:
         val_ids = np.load(Path(cfg.paths.prepared) / "val.npy")
@@ -57,7 +54,8 @@ def run(cfg) -> dict:
     temps = temperatures(s.temperature)
 
     started = time.perf_counter()
-    out = Generator(model, maxlen).generate(prompt_ids, temps, s.length, rng, mode=s.mode, greedy=s.greedy)
+    out = Generator(model, maxlen).generate(prompt_ids, temps, s.length, rng, mode=s.mode, greedy=s.greedy,
+                                            progress=True)
     seconds = time.perf_counter() - started
 
     prompt = decode(prompt_ids, vocab)
@@ -89,9 +87,11 @@ def run(cfg) -> dict:
 
 
 def main() -> None:
+    from pipeline.model import ModelError
+
     try:
         run(config.load())
-    except (config.ConfigError, SampleError, tracking.TrackingError, OSError) as e:
+    except (config.ConfigError, SampleError, ModelError, tracking.TrackingError, OSError) as e:
         sys.exit(f"error: {e}")
 
 

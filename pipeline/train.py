@@ -4,8 +4,10 @@ Reads <paths.prepared>/{train,val}.npy and vocab.json, and `seed`, `vectorize.ma
 `vectorize.step`, `model`, `train` (and `mlflow`, which only says where to log). Writes, under
 <paths.models>/: model.keras (the weights of the best validation epoch) and meta.json (vocab,
 maxlen, lowercase, the config, the MLflow run); under <paths.metrics>/: history.csv (one row per
-epoch) and train.json. After every epoch it generates text at each of
-`train.epoch_samples.temperatures` from a held-out window and logs it to MLflow.
+epoch), loss.png (loss and val_loss per epoch) and train.json. After every epoch it generates
+text at each of `train.epoch_samples.temperatures` from a held-out window and logs it to MLflow.
+The model is logged twice: the Keras file under model/, and the MLflow pyfunc text generator
+(`pipeline.pyfunc`) under text_generator, registered as `mlflow.registered_model` if set.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from pipeline import artifacts, config, tracking
+from pipeline import artifacts, config, pyfunc, tracking
 from pipeline.vectorize import count_windows, decode
 
 LN2 = math.log(2.0)
@@ -53,6 +55,29 @@ def make_optimizer(name: str, learning_rate: float):
 
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()  # DVC's own content hash for a file
+
+
+def plot_losses(history: list[dict], path: Path) -> None:
+    """loss and val_loss per epoch, as a PNG (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    ax.plot(epochs, [r["loss"] for r in history], "o-", label="loss (train)")
+    ax.plot(epochs, [r["val_loss"] for r in history], "o-", label="val_loss (held out)")
+    best = min(history, key=lambda r: r["val_loss"])
+    ax.annotate(f"best {best['val_loss']:.3f}", (best["epoch"], best["val_loss"]), textcoords="offset points",
+                xytext=(0, 8), ha="center", fontsize=8)
+    ax.set(xlabel="epoch", ylabel="nats per character", title="training and validation loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with artifacts.atomic_path(path) as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)
 
 
 def _epoch_callback(cfg_samples, vocab, val_ids, maxlen, seed, history):
@@ -148,6 +173,7 @@ def run(cfg) -> dict:
         writer.writeheader()
         writer.writerows(history)
         artifacts.write_text(metrics_dir / "history.csv", buf.getvalue())
+        plot_losses(history, metrics_dir / "loss.png")
         artifacts.write_json(metrics_dir / "train.json", metrics)
 
         mlflow.log_metrics({"best_val_loss": metrics["best_val_loss"], "best_val_bpc": metrics["val_bpc"],
@@ -155,6 +181,8 @@ def run(cfg) -> dict:
         mlflow.log_artifact(str(models_dir / "model.keras"), "model")
         mlflow.log_artifact(str(models_dir / "meta.json"), "model")
         mlflow.log_artifact(str(metrics_dir / "history.csv"))
+        mlflow.log_artifact(str(metrics_dir / "loss.png"))
+        pyfunc.log(models_dir, cfg.mlflow.registered_model)
     print(f"train: best val_loss {metrics['best_val_loss']:.4f} ({metrics['val_bpc']:.3f} bits/char) "
           f"at epoch {metrics['best_epoch']}; {metrics['seconds_per_epoch']:.1f} s/epoch; MLflow run {run_id}")
     return {**metrics, "run_id": run_id}

@@ -30,6 +30,25 @@ def workdir(tmp_path, monkeypatch, data_dir):
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, data_dir):
+    """The four stages run once on the tiny config (samples at 0.5 and 1.2), in a folder the tests
+    only read: (folder, cfg, meta.json)."""
+    import json
+
+    from pipeline import fetch, sample, train, vectorize
+
+    folder = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.setenv("GENLAB_DATA_DIR", str(data_dir))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        cfg = tiny(folder, "sample.temperature=[0.5,1.2]")
+        for stage in (fetch, vectorize, train, sample):
+            stage.run(cfg)
+    return folder, cfg, json.loads((folder / "models/meta.json").read_text())
+
+
 def tiny(tmp_path: Path, *overrides: str):
     """The real conf/ with experiment=tiny and a tracking store under tmp_path."""
     return config.compose(["experiment=tiny", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", *overrides])

@@ -7,17 +7,10 @@ import sys
 import mlflow
 import pytest
 
-from pipeline import fetch, sample, train, vectorize
-from tests.conftest import tiny
-
 
 @pytest.fixture
-def finished_run(workdir):
-    cfg = tiny(workdir, "sample.temperature=[0.5,1.2]")
-    for stage in (fetch, vectorize, train, sample):
-        stage.run(cfg)
-    meta = json.loads((workdir / "models/meta.json").read_text())
-    return workdir, cfg, meta
+def finished_run(trained):
+    return trained
 
 
 def test_run_writes_model_history_metrics_and_samples(finished_run):
@@ -76,6 +69,19 @@ def test_mlflow_holds_params_per_epoch_metrics_samples_and_model(finished_run):
     local = client.download_artifacts(run.info.run_id, "sample/temperature_1.2.txt", str(workdir / "dl"))
     assert open(local).read() == (workdir / "samples/temperature_1.2.txt").read_text().rstrip("\n")
     assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == {"model/model.keras", "model/meta.json"}
+    local = client.download_artifacts(run.info.run_id, "loss.png", str(workdir / "dl"))
+    assert open(local, "rb").read() == (workdir / "metrics/loss.png").read_bytes()
+
+
+def test_loss_plot_is_a_png_of_the_history(finished_run):
+    import matplotlib.image
+
+    workdir, _, _ = finished_run
+    png = (workdir / "metrics/loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    image = matplotlib.image.imread(workdir / "metrics/loss.png")
+    assert image.shape[:2] == (360, 600)  # 6 x 3.6 inches at 100 dpi
+    assert image[..., :3].std() > 0.05  # lines and text drawn, not a blank canvas
 
 
 def test_hydra_multirun_gives_one_mlflow_run_per_job(workdir, data_dir):

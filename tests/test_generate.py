@@ -1,0 +1,195 @@
+"""Using a trained model: the generate command, the MLflow pyfunc text generator, its server."""
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import numpy as np
+import pytest
+
+from pipeline import config, generate
+from pipeline import model as models
+from pipeline.generator import Generator
+from pipeline.sample import SampleError, encode_prompt
+from pipeline.vectorize import decode
+
+
+def _cfg(folder, *overrides):
+    return config.compose_generate([f"model_dir={folder / 'models'}", *overrides])
+
+
+def _expected(folder, prompt, temps, num_samples, length, seed, mode="window"):
+    """The texts generate should give, built from the model and the documented seeding."""
+    model, meta = models.load(folder / "models")
+    ids = encode_prompt(prompt, meta["vocab"], meta["lowercase"])
+    gen = Generator(model, meta["maxlen"])
+    out = []
+    for i, t in enumerate(t for t in temps for _ in range(num_samples)):
+        row = gen.generate(ids, [t], length, [np.random.default_rng([seed, i])], mode)[0]
+        out.append(decode(ids, meta["vocab"]) + decode(row, meta["vocab"]))
+    return out
+
+
+class Terminal(io.StringIO):
+    def __init__(self):
+        super().__init__()
+        self.writes = []
+
+    def isatty(self):
+        return True
+
+    def write(self, s):
+        self.writes.append(s)
+        return super().write(s)
+
+
+def test_generate_streams_character_by_character_on_a_terminal(trained):
+    folder, _, _ = trained
+    out = Terminal()
+    result = generate.run(_cfg(folder, "prompt=the meaning of", "length=30", "temperature=0.5"), out)
+    assert result["texts"] == _expected(folder, "the meaning of", [0.5], 1, 30, 1337)
+    assert out.getvalue() == result["texts"][0] + "\n"
+    # the prompt, then each of the 30 characters written on its own, then the newline
+    assert out.writes[0] == "the meaning of" and len(out.writes) == 1 + 30 + 1
+    assert all(len(w) == 1 for w in out.writes[1:])
+
+
+def test_streamed_and_batched_output_are_the_same_text(trained):
+    folder, _, _ = trained
+    args = ("prompt='the '", "length=40", "temperature=[0.2,1.0]", "num_samples=2", "seed=7")
+    streamed, batched = Terminal(), io.StringIO()
+    a = generate.run(_cfg(folder, *args, "stream=true"), streamed)
+    b = generate.run(_cfg(folder, *args), batched)  # not a terminal: one batch, printed at the end
+    assert a["texts"] == b["texts"] == _expected(folder, "the ", [0.2, 1.0], 2, 40, 7)
+    assert streamed.getvalue() == batched.getvalue()
+    assert batched.getvalue().startswith("--- temperature 0.2, sample 1\nthe ")
+    assert batched.getvalue().count("--- temperature 1.0, sample 2\n") == 1
+
+
+@pytest.mark.parametrize("prompt", ["", "t", "The Meaning Of Life Is Not What It Seems"])
+def test_prompts_of_any_length_work(trained, prompt):
+    folder, _, meta = trained
+    assert len(prompt) in (0, 1) or len(prompt) > meta["maxlen"]
+    result = generate.run(_cfg(folder, f"prompt={prompt!r}" if prompt else "prompt=''", "length=25"), io.StringIO())
+    text = result["texts"][0]
+    assert text.startswith(prompt.lower()) and len(text) == len(prompt) + 25
+    assert set(text) <= set(meta["vocab"])
+    assert result["texts"] == _expected(folder, prompt, [0.5], 1, 25, 1337)
+
+
+def test_generate_command_is_deterministic_and_writes_a_file(trained, tmp_path):
+    folder, _, _ = trained
+    cmd = [sys.executable, "-m", "pipeline.generate", f"model_dir={folder / 'models'}", "prompt=the will to", "length=60",
+           "temperature=[0.5,1.2]"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    other = subprocess.run([*cmd, "seed=2"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout == again.stdout != other.stdout
+    texts = _expected(folder, "the will to", [0.5, 1.2], 1, 60, 1337)
+    assert first.stdout == f"--- temperature 0.5, sample 1\n{texts[0]}\n\n--- temperature 1.2, sample 1\n{texts[1]}\n\n"
+    to_file = subprocess.run([*cmd, f"output={tmp_path / 'out.txt'}"], capture_output=True, text=True, timeout=300)
+    assert to_file.returncode == 0 and to_file.stdout == ""
+    assert (tmp_path / "out.txt").read_text(encoding="utf-8") == first.stdout
+
+
+def test_generate_from_an_mlflow_run_equals_the_model_folder(trained, monkeypatch):
+    folder, cfg, meta = trained
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    by_run = generate.run(config.compose_generate([f"run_id={meta['mlflow']['run_id']}", "length=30",
+                                                   f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}"]), io.StringIO())
+    by_folder = generate.run(_cfg(folder, "length=30"), io.StringIO())
+    assert by_run["texts"] == by_folder["texts"]
+
+
+def test_generate_errors_name_what_is_wrong(trained, tmp_path):
+    folder, cfg, _ = trained
+    with pytest.raises(models.ModelError, match=r"nowhere/model\.keras: not found"):
+        generate.run(config.compose_generate([f"model_dir={tmp_path / 'nowhere'}"]), io.StringIO())
+    with pytest.raises(SampleError, match=r"prompt: characters not in the model's vocabulary: \['€'\]"):
+        generate.run(_cfg(folder, "prompt='€uro'"), io.StringIO())
+    from pipeline.tracking import TrackingError
+    with pytest.raises(TrackingError, match="run_id 0123abc: cannot fetch its model"):
+        generate.run(config.compose_generate(["run_id=0123abc", f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}"]),
+                     io.StringIO())
+    for bad, key in (("temperature=0", "temperature"), ("length=0", "length"), ("mode=beam", "mode"),
+                     ("num_samples=0", "num_samples"), ("+colour=red", "colour")):
+        with pytest.raises(config.ConfigError, match=key):
+            config.compose_generate([bad])
+
+
+def test_pyfunc_round_trip(trained):
+    folder, cfg, meta = trained
+    pf = mlflow.pyfunc.load_model(f"runs:/{meta['mlflow']['run_id']}/text_generator")
+    prompts = ["the meaning of", "", "What Is"]
+    texts = pf.predict(prompts, params={"temperature": 0.7, "length": 50, "seed": 3})
+    assert len(texts) == 3 and all(len(t) == 50 for t in texts)
+    model, _ = models.load(folder / "models")
+    gen = Generator(model, meta["maxlen"])
+    for i, (prompt, text) in enumerate(zip(prompts, texts)):
+        ids = encode_prompt(prompt, meta["vocab"], meta["lowercase"])
+        want = gen.generate(ids, [0.7], 50, [np.random.default_rng([3, i])])[0]
+        assert text == decode(want, meta["vocab"])
+    # defaults come from the signature: temperature 0.5, length 200, seed 1337
+    assert pf.metadata.get_params_schema().to_dict() == [
+        {"name": "temperature", "type": "double", "default": 0.5, "shape": None},
+        {"name": "length", "type": "long", "default": 200, "shape": None},
+        {"name": "seed", "type": "long", "default": 1337, "shape": None},
+        {"name": "mode", "type": "string", "default": "window", "shape": None}]
+    assert len(pf.predict(["the"])[0]) == 200
+    with pytest.raises(mlflow.exceptions.MlflowException, match="temperature must be finite and > 0"):
+        pf.predict(["the"], params={"temperature": -1.0})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url, body):
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.mark.slow
+def test_served_model_answers_invocations(trained, tmp_path):
+    folder, cfg, meta = trained
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": cfg.mlflow.tracking_uri,
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}  # uvicorn
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{meta['mlflow']['run_id']}/text_generator",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(1)
+        status, body = _post(f"http://127.0.0.1:{port}/invocations",
+                             {"inputs": ["the meaning of"], "params": {"temperature": 0.5, "length": 200}})
+        assert status == 200
+        pf = mlflow.pyfunc.load_model(f"runs:/{meta['mlflow']['run_id']}/text_generator")
+        assert body == {"predictions": pf.predict(["the meaning of"], params={"temperature": 0.5, "length": 200})}
+        assert len(body["predictions"][0]) == 200
+        status, body = _post(f"http://127.0.0.1:{port}/invocations", {"inputs": ["€"]})
+        assert status == 400 and "not in the model's vocabulary" in body["message"]
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
