@@ -193,3 +193,24 @@ def test_served_model_answers_invocations(trained, tmp_path):
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+def test_registered_model_loads_from_the_registry(trained, tmp_path):
+    from pipeline import pyfunc
+
+    folder, _, _ = trained
+    uri = f"sqlite:///{tmp_path}/registry.db"
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run():
+            pyfunc.log(folder / "models", "genlab-tiny")
+        versions = mlflow.MlflowClient(uri).search_model_versions("name='genlab-tiny'")
+        assert [int(v.version) for v in versions] == [1]
+        registered = mlflow.pyfunc.load_model("models:/genlab-tiny/1")
+        texts = registered.predict(["the"], params={"length": 30, "seed": 5})
+        model, meta = models.load(folder / "models")
+        ids = encode_prompt("the", meta["vocab"], meta["lowercase"])
+        want = Generator(model, meta["maxlen"]).generate(ids, [0.5], 30, [np.random.default_rng([5, 0])])[0]
+        assert texts == [decode(want, meta["vocab"])]
+    finally:
+        mlflow.set_tracking_uri(None)

@@ -71,3 +71,15 @@ def test_not_utf8_names_the_byte_offset(tmp_path):
     path.write_bytes("café au lait".encode("latin-1"))
     with pytest.raises(vectorize.VectorizeError, match="byte offset 3"):
         vectorize.read_corpus(path)
+
+
+def test_tinyshakespeare_keeps_its_case_with_one_override(workdir):
+    """`corpus=tinyshakespeare` alone gives char-rnn's and nanoGPT's 65 mixed-case characters."""
+    cfg = tiny(workdir, "corpus=tinyshakespeare", "vectorize.max_chars=null")
+    assert cfg.vectorize.lowercase is False
+    fetch.run(cfg)
+    vectorize.run(cfg)
+    vocab = json.loads((workdir / "data/prepared/vocab.json").read_text())
+    assert len(vocab) == 65 and "A" in vocab and "a" in vocab
+    n = len(np.load(workdir / "data/prepared/train.npy")) + len(np.load(workdir / "data/prepared/val.npy"))
+    assert n == 1115394
