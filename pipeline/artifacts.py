@@ -22,6 +22,18 @@ def atomic_path(path: Path | str):
             tmp.unlink()
 
 
+def ensure_writable(folder: Path | str) -> None:
+    """Create `folder` if needed and prove a file can be written in it, before any long work."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"{folder}: cannot write here ({e.strerror or e})") from None
+
+
 def write_text(path: Path | str, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

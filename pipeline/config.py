@@ -43,6 +43,7 @@ class Paths:
     models: str = MISSING
     metrics: str = MISSING
     samples: str = MISSING
+    checkpoints: str = MISSING
 
 
 @dataclass
@@ -74,12 +75,31 @@ class EpochSamples:
 
 
 @dataclass
+class Plateau:
+    factor: float = MISSING
+    patience: int = MISSING
+    min_lr: float = MISSING
+
+
+@dataclass
+class Divergence:
+    action: str = MISSING
+    max_ratio: float = MISSING
+    max_rollbacks: int = MISSING
+
+
+@dataclass
 class Train:
     optimizer: str = MISSING
     learning_rate: float = MISSING
     batch_size: int = MISSING
     epochs: int = MISSING
     shuffle_buffer: int = MISSING
+    clipnorm: Optional[float] = MISSING
+    plateau: Plateau = MISSING
+    divergence: Divergence = MISSING
+    checkpoint: bool = MISSING
+    deterministic: bool = MISSING
     epoch_samples: EpochSamples = MISSING
 
 
@@ -137,6 +157,7 @@ class Generate:
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 MODES = ("window", "stateful")
+DIVERGENCE_ACTIONS = ("rollback", "stop")
 
 
 def temperatures(value) -> list[float]:
@@ -196,6 +217,16 @@ def validate(raw: DictConfig | dict, source: str = "config") -> DictConfig:
            f"must be finite and > 0, got {t.learning_rate}", source)
     _check(t.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {OPTIMIZERS}, got {t.optimizer!r}", source)
     _check(t.shuffle_buffer >= 0, "train.shuffle_buffer", f"must be >= 0, got {t.shuffle_buffer}", source)
+    _check(t.clipnorm is None or (math.isfinite(t.clipnorm) and t.clipnorm > 0), "train.clipnorm",
+           f"must be > 0 or null, got {t.clipnorm}", source)
+    _check(0 < t.plateau.factor < 1, "train.plateau.factor", f"must be in (0, 1), got {t.plateau.factor}", source)
+    _check(t.plateau.patience >= 1, "train.plateau.patience", f"must be >= 1, got {t.plateau.patience}", source)
+    _check(0 < t.plateau.min_lr, "train.plateau.min_lr", f"must be > 0, got {t.plateau.min_lr}", source)
+    _check(t.divergence.action in DIVERGENCE_ACTIONS, "train.divergence.action",
+           f"must be one of {DIVERGENCE_ACTIONS}, got {t.divergence.action!r}", source)
+    _check(t.divergence.max_ratio > 1, "train.divergence.max_ratio", f"must be > 1, got {t.divergence.max_ratio}", source)
+    _check(t.divergence.max_rollbacks >= 0, "train.divergence.max_rollbacks",
+           f"must be >= 0, got {t.divergence.max_rollbacks}", source)
     _check(cfg.fetch.timeout > 0, "fetch.timeout", f"must be > 0, got {cfg.fetch.timeout}", source)
     _check_temperatures(list(t.epoch_samples.temperatures), "train.epoch_samples.temperatures", source)
     _check(t.epoch_samples.mode in MODES, "train.epoch_samples.mode", f"must be one of {MODES}, got {t.epoch_samples.mode!r}", source)
