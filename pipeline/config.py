@@ -108,6 +108,8 @@ class Sample:
     temperature: Any = MISSING  # one float or a list of floats, so that a multirun can sweep it
     length: int = MISSING
     prompt: Optional[str] = MISSING
+    unknown_chars: str = MISSING
+    replacement: str = MISSING
     greedy: bool = MISSING
     mode: str = MISSING
 
@@ -144,6 +146,8 @@ class Generate:
     model_dir: str = MISSING
     run_id: Optional[str] = MISSING
     prompt: str = MISSING
+    unknown_chars: str = MISSING
+    replacement: str = MISSING
     length: int = MISSING
     temperature: Any = MISSING
     num_samples: int = MISSING
@@ -158,6 +162,7 @@ class Generate:
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 MODES = ("window", "stateful")
 DIVERGENCE_ACTIONS = ("rollback", "stop")
+UNKNOWN_CHARS = ("error", "drop", "replace")
 
 
 def temperatures(value) -> list[float]:
@@ -182,6 +187,11 @@ def _check_temperatures(values, key: str, source: str) -> None:
         _check(isinstance(t, (int, float)) and not isinstance(t, bool), key,
                f"must be numbers, got {t!r}", source)
         _check(math.isfinite(t) and t > 0, key, f"must be finite and > 0, got {t!r}", source)
+
+
+def _check_unknown_chars(policy: str, replacement: str, prefix: str, source: str) -> None:
+    _check(policy in UNKNOWN_CHARS, f"{prefix}unknown_chars", f"must be one of {UNKNOWN_CHARS}, got {policy!r}", source)
+    _check(len(replacement) == 1, f"{prefix}replacement", f"must be one character, got {replacement!r}", source)
 
 
 def _merge(schema, raw, source: str) -> DictConfig:
@@ -233,6 +243,7 @@ def validate(raw: DictConfig | dict, source: str = "config") -> DictConfig:
     s = cfg.sample
     _check_temperatures(_as_list(s.temperature), "sample.temperature", source)
     _check(s.mode in MODES, "sample.mode", f"must be one of {MODES}, got {s.mode!r}", source)
+    _check_unknown_chars(s.unknown_chars, s.replacement, "sample.", source)
     _check(cfg.model.name in ("lstm",), "model.name", f"must be one of ('lstm',), got {cfg.model.name!r}", source)
     c = cfg.corpus
     _check(c.path is not None or c.url is not None, "corpus", "needs a url or a path", source)
@@ -250,6 +261,7 @@ def validate_generate(raw: DictConfig | dict, source: str = "conf/generate.yaml"
     _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}", source)
     _check_temperatures(_as_list(cfg.temperature), "temperature", source)
     _check(cfg.mode in MODES, "mode", f"must be one of {MODES}, got {cfg.mode!r}", source)
+    _check_unknown_chars(cfg.unknown_chars, cfg.replacement, "", source)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

@@ -100,6 +100,8 @@ def run(cfg) -> dict:
     c = cfg.corpus
     dest = Path(cfg.paths.raw) / f"{c.name}.txt"
     mirror = cfg.fetch.mirror or os.environ.get(MIRROR_ENV)
+    for folder in (dest.parent, Path(cfg.paths.metrics)):
+        artifacts.ensure_writable(folder)
     source, digest = fetch_corpus(c.name, c.url, c.sha256, dest, c.path, mirror, cfg.fetch.timeout)
     result = {"corpus": c.name, "path": str(dest), "source": source, "bytes": dest.stat().st_size, "sha256": digest}
     artifacts.write_json(Path(cfg.paths.metrics) / "fetch.json", result)
@@ -110,7 +112,7 @@ def run(cfg) -> dict:
 def main() -> None:
     try:
         run(config.load())
-    except (config.ConfigError, FetchError) as e:
+    except (config.ConfigError, FetchError, OSError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -56,7 +56,7 @@ def run(cfg, out=None) -> dict:
             cfg.run_id, tracking.resolve_uri(cfg.mlflow.tracking_uri), tmp)
         model, meta = models.load(folder)
     vocab = meta["vocab"]
-    prompt_ids = encode_prompt(cfg.prompt, vocab, meta["lowercase"], key="prompt")
+    prompt_ids = encode_prompt(cfg.prompt, vocab, meta["lowercase"], "prompt", cfg.unknown_chars, cfg.replacement)
     prompt = decode(prompt_ids, vocab)
     streams = [(t, k) for t in temperatures(cfg.temperature) for k in range(cfg.num_samples)]
     rngs = [np.random.default_rng([cfg.seed, i]) for i in range(len(streams))]

@@ -5,6 +5,7 @@ next-character distribution (batch, vocab). Ids go in, so no one-hot tensor is e
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import keras
@@ -42,6 +43,8 @@ def load(folder: Path | str) -> tuple[keras.Model, dict]:
         vocab, maxlen = meta["vocab"], int(meta["maxlen"])
     except (ValueError, KeyError, TypeError) as e:
         raise ModelError(f"{meta_file}: not a model description ({type(e).__name__}: {e})") from None
+    if not zipfile.is_zipfile(model_file):  # Keras would say "File not found", which misleads
+        raise ModelError(f"{model_file}: not a Keras model file (not a complete zip archive: corrupted or truncated?)")
     try:
         model = keras.saving.load_model(model_file, safe_mode=True)
     except Exception as e:  # noqa: BLE001 - zip, HDF5 and deserialisation errors all mean "unreadable"

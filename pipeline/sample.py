@@ -7,6 +7,7 @@ logs the texts to the training's MLflow run under sample/.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -23,15 +24,21 @@ class SampleError(ValueError):
     pass
 
 
-def encode_prompt(prompt: str, vocab: list[str], lowercase: bool, key: str = "sample.prompt") -> np.ndarray:
-    """The prompt as ids; characters the model never saw are an error that lists them under `key`."""
+def encode_prompt(prompt: str, vocab: list[str], lowercase: bool, key: str = "sample.prompt",
+                  unknown_chars: str = "error", replacement: str = " ") -> np.ndarray:
+    """The prompt as ids. Characters the model never saw are, by `unknown_chars`: an error that
+    lists them under `key`, dropped, or replaced by `replacement`."""
     if lowercase:
         prompt = prompt.lower()
     index = {ch: i for i, ch in enumerate(vocab)}
     unknown = sorted({ch for ch in prompt if ch not in index})
-    if unknown:
-        raise SampleError(f"{key}: characters not in the model's vocabulary: {unknown!r}")
-    return np.array([index[ch] for ch in prompt], dtype=np.int64)
+    if unknown and unknown_chars == "replace" and replacement not in index:
+        raise SampleError(f"{key}: the replacement {replacement!r} is not in the model's vocabulary either")
+    if unknown and unknown_chars not in ("drop", "replace"):
+        raise SampleError(f"{key}: characters not in the model's vocabulary: {unknown!r} "
+                          "(set unknown_chars to drop or replace them)")
+    ids = [index.get(ch, index.get(replacement)) for ch in prompt if ch in index or unknown_chars == "replace"]
+    return np.array(ids, dtype=np.int64)
 
 
 def run(cfg) -> dict:
@@ -44,13 +51,22 @@ def run(cfg) -> dict:
     tracking.connect(tracking.resolve_uri(cfg.mlflow.tracking_uri), cfg.mlflow.experiment)  # fail fast
     model, meta = models.load(cfg.paths.models)
     vocab, maxlen = meta["vocab"], meta["maxlen"]
+    data_vocab_file = Path(cfg.paths.prepared) / "vocab.json"
+    if json.loads(data_vocab_file.read_text(encoding="utf-8")) != vocab:
+        raise SampleError(f"{cfg.paths.models}/meta.json: the model's vocabulary differs from the data's "
+                          f"{data_vocab_file}; retrain (`dvc repro`) or point paths.models at the matching model")
+    if maxlen != cfg.vectorize.maxlen:
+        raise SampleError(f"{cfg.paths.models}/meta.json: the model was trained with maxlen {maxlen}, "
+                          f"the data with vectorize.maxlen {cfg.vectorize.maxlen}; retrain (`dvc repro`)")
+    for folder in (Path(cfg.paths.samples).parent, Path(cfg.paths.metrics)):
+        artifacts.ensure_writable(folder)
     rng = np.random.default_rng(cfg.seed)
     if s.prompt is None:
         val_ids = np.load(Path(cfg.paths.prepared) / "val.npy")
         start = int(rng.integers(0, len(val_ids) - maxlen))
         prompt_ids = val_ids[start:start + maxlen].astype(np.int64)
     else:
-        prompt_ids = encode_prompt(s.prompt, vocab, meta["lowercase"])
+        prompt_ids = encode_prompt(s.prompt, vocab, meta["lowercase"], "sample.prompt", s.unknown_chars, s.replacement)
     temps = temperatures(s.temperature)
 
     started = time.perf_counter()

@@ -8,6 +8,7 @@ that DVC's queued experiments and Hydra job folders all log into one place.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -67,15 +68,25 @@ def connect(uri: str, experiment: str) -> str:
                 os.environ.pop(k, None)
 
 
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<secret>[^/@\s]*)@")
+
+
+def redact(text: str) -> str:
+    """`text` with the password of any URL in it (scheme://user:password@host) replaced by ***:
+    params, tags and meta.json never carry a credential."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
 def flatten(tree, prefix: str = "") -> dict[str, str]:
-    """A nested config as MLflow params: {"vectorize.maxlen": "60", ...}."""
+    """A nested config as MLflow params: {"vectorize.maxlen": "60", ...}, credentials redacted.
+    Only the config is logged, never the environment (where MLflow's and cloud credentials live)."""
     out = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             out.update(flatten(value, name + "."))
         else:
-            out[name] = str(value)
+            out[name] = redact(str(value))
     return out
 
 

@@ -261,9 +261,9 @@ def run(cfg) -> dict:
             mlflow.set_tag("resumed_from_epoch", str(state["epoch"]))
         else:
             mlflow.log_params(tracking.flatten(params))
-            mlflow.set_tags({**tracking.environment_tags(), **cfg.mlflow.tags, "seed": str(cfg.seed),
-                             **{f"data.{name.split('.')[0]}_md5": md5 for name, md5 in data_md5.items()},
-                             "corpus.sha256": str(cfg.corpus.sha256)})
+            mlflow.set_tags(tracking.flatten({**tracking.environment_tags(), **cfg.mlflow.tags, "seed": cfg.seed,
+                                              **{f"data.{name.split('.')[0]}_md5": md5 for name, md5 in data_md5.items()},
+                                              "corpus.sha256": cfg.corpus.sha256}))
         # A progress bar on a terminal; in a log, the callback's one line per epoch says it all.
         callbacks = [callback] + ([_progress_bar(t.epochs)] if sys.stdout.isatty() else [])
         started = time.perf_counter()
@@ -284,8 +284,8 @@ def run(cfg) -> dict:
                    "seconds_per_epoch": seconds / max(ran, 1), "parameters": model.count_params(),
                    "rollbacks": state["rollbacks"], "stopped": callback.stop_reason}
         meta = {"vocab": vocab, "maxlen": maxlen, "lowercase": cfg.vectorize.lowercase, "model": cfg.model.name,
-                "config": {k: params[k] for k in ("seed", "corpus", "vectorize", "model", "train")},
-                "mlflow": {"tracking_uri": uri, "experiment_id": active.info.experiment_id, "run_id": run_id}}
+                "config": {k: params[k] for k in ("seed", "corpus", "vectorize", "model", "train")},  # no mlflow: no URIs
+                "mlflow": {"tracking_uri": tracking.redact(uri), "experiment_id": active.info.experiment_id, "run_id": run_id}}
 
         with artifacts.atomic_path(models_dir / "model.keras") as tmp:
             model.save(tmp)

@@ -56,6 +56,8 @@ def make_windows(ids: np.ndarray, maxlen: int, step: int) -> tuple[np.ndarray, n
 
 def read_corpus(path: Path) -> str:
     data = path.read_bytes()
+    if b"\x00" in data:  # valid UTF-8 may hold NULs, but no text does
+        raise VectorizeError(f"{path}: a binary file, not text (a NUL byte at byte offset {data.index(0)})")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -86,9 +88,13 @@ def run(cfg) -> dict:
         raise VectorizeError(f"{raw}: the corpus is empty")
     train_text, val_text = split(text, v.val_fraction, v.maxlen, str(raw))
     vocab = build_vocab(text)
+    if len(vocab) > np.iinfo(np.uint16).max + 1:
+        raise VectorizeError(f"{raw}: {len(vocab)} distinct characters; character ids are uint16, which hold at most 65536")
+    out = Path(cfg.paths.prepared)
+    for folder in (out, Path(cfg.paths.metrics)):
+        artifacts.ensure_writable(folder)
     train_ids, val_ids = encode(train_text, vocab), encode(val_text, vocab)
 
-    out = Path(cfg.paths.prepared)
     for name, ids in (("train.npy", train_ids), ("val.npy", val_ids)):
         with artifacts.atomic_path(out / name) as tmp:
             np.save(tmp, ids)

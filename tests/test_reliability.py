@@ -150,3 +150,46 @@ def test_plateau_halves_the_learning_rate(workdir):
     for k in range(1, 6):  # after each epoch that did not improve on the best, the rate halves
         improved = val[k - 1] < min(val[:k - 1], default=np.inf)
         assert lrs[k] == (lrs[k - 1] if improved else lrs[k - 1] * 0.5)
+
+
+def test_credentials_are_never_logged(workdir, monkeypatch):
+    from pipeline import tracking
+
+    assert tracking.redact("http://alice:s3cret@mlflow.example:5000/x") == "http://alice:***@mlflow.example:5000/x"
+    assert tracking.flatten({"mlflow": {"tracking_uri": "postgresql://bob:pw@db/mlflow"}}) == {
+        "mlflow.tracking_uri": "postgresql://bob:***@db/mlflow"}
+    for name in ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "AWS_SECRET_ACCESS_KEY", "DATABRICKS_TOKEN"):
+        monkeypatch.setenv(name, "s3cret-" + name)
+    cfg = tiny(workdir, "train.epochs=1", "+mlflow.tags.remote=https://carol:hunter2@example.org/repo.git")
+    fetch.run(cfg)
+    vectorize.run(cfg)
+    result = train.run(cfg)
+    run = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_run(result["run_id"])
+    logged = " ".join([*run.data.params.values(), *run.data.tags.values(), (workdir / "models/meta.json").read_text()])
+    assert "s3cret" not in logged and "hunter2" not in logged
+    assert run.data.tags["remote"] == "https://carol:***@example.org/repo.git"
+
+
+def test_models_load_in_safe_mode(tmp_path):
+    """A model file holding Python code (a Lambda layer) is refused, not run."""
+    from pipeline import model as models
+
+    inputs = keras.Input((None,), dtype="int32")
+    x = keras.layers.Embedding(3, 3)(inputs)
+    x = keras.layers.Lambda(lambda t: t[:, -1, :] * 1.0)(x)
+    outputs = keras.layers.Dense(3, activation="softmax")(x)
+    (tmp_path / "m").mkdir()
+    keras.Model(inputs, outputs).save(tmp_path / "m/model.keras")
+    (tmp_path / "m/meta.json").write_text(json.dumps({"vocab": ["a", "b", "c"], "maxlen": 5, "lowercase": False}))
+    with pytest.raises(models.ModelError, match=r"model.keras: cannot be loaded .*safe_mode"):
+        models.load(tmp_path / "m")
+
+
+def test_documented_servers_listen_on_localhost_only():
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    commands = [line for line in readme.splitlines() if line.lstrip().startswith(("mlflow ui", "mlflow server", "mlflow models serve"))]
+    assert len(commands) >= 2
+    for line in commands:
+        assert "127.0.0.1" in line, f"README starts a server on every interface: {line}"
