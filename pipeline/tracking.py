@@ -39,7 +39,6 @@ def connect(uri: str, experiment: str) -> str:
     Fails fast, with the URI in the message, when the store cannot be reached."""
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
     # A server that is down would be retried for minutes: probe it once, quickly, first.
     probe = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -48,10 +47,12 @@ def connect(uri: str, experiment: str) -> str:
     try:
         found = client.get_experiment_by_name(experiment)
         if found is not None:
+            mlflow.set_tracking_uri(uri)  # only a store that works becomes the current one
             return found.experiment_id
         location = None
         if uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in the cwd
             location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        mlflow.set_tracking_uri(uri)
         try:
             return client.create_experiment(experiment, artifact_location=location)
         except mlflow.exceptions.MlflowException:

@@ -125,6 +125,7 @@ def test_generate_errors_name_what_is_wrong(trained, tmp_path):
 
 def test_pyfunc_round_trip(trained):
     folder, cfg, meta = trained
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     pf = mlflow.pyfunc.load_model(f"runs:/{meta['mlflow']['run_id']}/text_generator")
     prompts = ["the meaning of", "", "What Is"]
     texts = pf.predict(prompts, params={"temperature": 0.7, "length": 50, "seed": 3})
@@ -167,6 +168,7 @@ def test_served_model_answers_invocations(trained, tmp_path):
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": cfg.mlflow.tracking_uri,
            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}  # uvicorn
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{meta['mlflow']['run_id']}/text_generator",
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
