@@ -67,3 +67,27 @@ def test_dvc_exp_run_composes_params_from_conf(repo):
     assert config.temperatures(params.sample.temperature) == [0.3] and params.vectorize.maxlen == 20
     shown = _sh([sys.executable, "-m", "dvc", "exp", "show", "--csv"], path, env)
     assert "0.3" in shown and "best_val_loss" in shown
+
+
+def test_dvc_repro_after_a_kill_resumes_training(repo):
+    """SIGKILL the whole `dvc repro` (DVC and the train stage) mid-training; the next repro resumes."""
+    import signal
+    import time
+
+    path, env = repo
+    config.write_params(["experiment=tiny", "vectorize.max_chars=60000", "train.epochs=5"], path / "params.yaml")
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    latest, deadline = path / "checkpoints" / "latest", time.time() + 600
+    while not (latest.exists() and latest.read_text().strip() >= "epoch_0002"):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert not (path / "models" / "model.keras").exists()
+
+    out = _sh([sys.executable, "-m", "dvc", "repro"], path, env)
+    assert _ran(out) == ["train", "sample"]  # fetch and vectorize had finished
+    assert "train: resuming after epoch" in out
+    assert (path / "metrics" / "history.csv").read_text().count("\n") == 6
+    assert not (path / "checkpoints").exists()
