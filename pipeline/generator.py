@@ -68,22 +68,27 @@ class Generator:
     def __init__(self, model, maxlen: int):
         emb = model.get_layer("one_hot").get_weights()[0]
         kernel, recurrent, bias = model.get_layer("lstm").get_weights()
-        self.input_proj = (emb @ kernel).astype(np.float32)  # one-hot row lookup replaces x @ W
-        self.recurrent, self.bias = recurrent.astype(np.float32), bias.astype(np.float32)
+        u = recurrent.shape[0]
+        # Keras orders the gates i, f, c, o; reorder to i, f, o, c so that one sigmoid covers the
+        # three contiguous gates. The one-hot row lookup replaces x @ W, and the bias is folded in.
+        order = np.r_[0:2 * u, 3 * u:4 * u, 2 * u:3 * u]
+        self.input_proj = ((emb @ kernel) + bias)[:, order].astype(np.float32)
+        self.recurrent = recurrent[:, order].astype(np.float32)
         self.dense_w, self.dense_b = (w.astype(np.float32) for w in model.get_layer("next_char").get_weights())
-        self.units = recurrent.shape[0]
+        self.units = u
         self.maxlen = maxlen
 
     def zero_state(self, batch: int):
         return (np.zeros((batch, self.units), np.float32), np.zeros((batch, self.units), np.float32))
 
     def step(self, ids: np.ndarray, state):
-        """One LSTM cell update (Keras gate order i, f, c, o) for a batch of character ids."""
+        """One LSTM cell update for a batch of character ids (Keras's equations, gates reordered)."""
         h, c = state
-        z = self.input_proj[ids] + h @ self.recurrent + self.bias
-        i, f, g, o = np.split(z, 4, axis=-1)
-        c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
-        h = _sigmoid(o) * np.tanh(c)
+        u = self.units
+        z = self.input_proj[ids] + h @ self.recurrent
+        gates = _sigmoid(z[:, :3 * u])
+        c = gates[:, u:2 * u] * c + gates[:, :u] * np.tanh(z[:, 3 * u:])
+        h = gates[:, 2 * u:] * np.tanh(c)
         return h, (h, c)
 
     def probs(self, h: np.ndarray) -> np.ndarray:

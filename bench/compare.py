@@ -1,0 +1,269 @@
+"""genlab against the book's code (bench/book_reference.py), measured in the same run, on the same
+corpus and model size: vectorize, training, generation, and a no-op `dvc repro`.
+
+    python bench/compare.py            # a table: figure, book, genlab, ratio, target, met
+    python bench/compare.py --json     # one JSON object per figure instead
+    python bench/compare.py --reps 5 --train-reps 2
+
+Every measurement runs in a fresh process of its own (so peak RSS is that side's alone) and times
+only the work, after imports and any warm-up. Cheap figures are the median of --reps runs, whole
+training epochs the median of --train-reps. Needs the Nietzsche corpus: $GENLAB_DATA_DIR or
+data/raw/nietzsche.txt. Takes about 8 minutes on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MAXLEN, STEP, UNITS = 60, 3, 128  # the book's recipe; also genlab's defaults (checked in main)
+
+
+def _corpus() -> Path:
+    for path in (Path(os.environ.get("GENLAB_DATA_DIR", "/nonexistent")) / "nietzsche.txt",
+                 ROOT / "data/raw/nietzsche.txt"):
+        if path.is_file():
+            return path
+    sys.exit("error: no nietzsche.txt: set GENLAB_DATA_DIR to a folder holding it, or run `dvc repro` first")
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# --- children: each prints one JSON line ---------------------------------------------------------
+
+def child_vectorize(side: str) -> dict:
+    path = _corpus()
+    if side == "book":
+        from bench import book_reference as book
+
+        started = time.perf_counter()
+        text = path.read_text(encoding="utf-8").lower()
+        x, y, chars, _ = book.vectorize(text, MAXLEN, STEP)
+        return {"seconds": time.perf_counter() - started, "windows": len(x), "bytes_out": x.nbytes + y.nbytes}
+    import numpy as np
+
+    from pipeline import vectorize as v
+
+    out = Path(tempfile.mkdtemp())
+    started = time.perf_counter()  # what the vectorize stage does: read, split, ids, write .npy
+    text = v.read_corpus(path).lower()
+    train_text, val_text = v.split(text, 0.1, MAXLEN, str(path))
+    vocab = v.build_vocab(text)
+    for name, part in (("train.npy", train_text), ("val.npy", val_text)):
+        np.save(out / name, v.encode(part, vocab))
+    (out / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    seconds = time.perf_counter() - started
+    size = sum(f.stat().st_size for f in out.iterdir())
+    shutil.rmtree(out)
+    return {"seconds": seconds, "windows": v.count_windows(len(text), MAXLEN, STEP), "bytes_out": size}
+
+
+def child_train(side: str, batch: int, jit: bool) -> dict:
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(1337)
+    text = _corpus().read_text(encoding="utf-8").lower()
+    if side == "book":
+        from bench import book_reference as book
+
+        x, y, chars, _ = book.vectorize(text, MAXLEN, STEP)
+        model = book.build_model(MAXLEN, len(chars), UNITS)
+        started = time.perf_counter()  # the whole fit() call, as the user waits for it
+        history = model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+        seconds, samples = time.perf_counter() - started, len(x)
+    else:
+        from pipeline import config, train, vectorize as v
+        from pipeline.model import MODELS
+
+        cfg = config.compose([f"train.batch_size={batch}"])
+        t = cfg.train
+        train_text, _ = v.split(text, cfg.vectorize.val_fraction, MAXLEN, "corpus")
+        vocab = v.build_vocab(text)
+        ids = v.encode(train_text, vocab)
+        model = MODELS[cfg.model.name](len(vocab), cfg.model.units)
+        model.compile(optimizer=train.make_optimizer(t.optimizer, t.learning_rate, t.clipnorm),
+                      loss="sparse_categorical_crossentropy", jit_compile=jit)
+        started = time.perf_counter()  # the whole fit() call, dataset included
+        history = model.fit(train.make_dataset(ids, MAXLEN, STEP, batch, t.shuffle_buffer, cfg.seed, 0),
+                            epochs=1, verbose=0)
+        seconds, samples = time.perf_counter() - started, v.count_windows(len(train_text), MAXLEN, STEP)
+    return {"seconds": seconds, "samples": samples, "samples_per_second": samples / seconds,
+            "loss": float(np.asarray(history.history["loss"][-1]))}
+
+
+def child_generate(side: str, mode: str, temps: int, length: int) -> dict:
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(1337)  # speed does not depend on training: untrained weights
+    text = _corpus().read_text(encoding="utf-8").lower()
+    chars = sorted(set(text))
+    seed_text = text[1000:1000 + MAXLEN]
+    if side == "book":
+        from bench import book_reference as book
+
+        model = book.build_model(MAXLEN, len(chars), UNITS)
+        index = {c: i for i, c in enumerate(chars)}
+        book.generate(model, seed_text, chars, index, MAXLEN, 2, 0.5)  # warm-up: the first predict traces
+        started = time.perf_counter()
+        for t in [0.2, 0.5, 1.0, 1.2][:temps]:
+            book.generate(model, seed_text, chars, index, MAXLEN, length, t)
+    else:
+        from pipeline.generator import Generator
+        from pipeline.model import MODELS
+
+        gen = Generator(MODELS["lstm"](len(chars), UNITS), MAXLEN)
+        prompt = np.array([chars.index(c) for c in seed_text])
+        gen.generate(prompt, [0.5], 5, np.random.default_rng(0), mode=mode)  # warm-up
+        started = time.perf_counter()
+        gen.generate(prompt, [0.2, 0.5, 1.0, 1.2][:temps], length, np.random.default_rng(0), mode=mode)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "chars_per_second": temps * length / seconds, "seconds_per_stream_char": seconds / length}
+
+
+def child_dvc_noop() -> dict:
+    """A throwaway git+DVC copy of the project, the tiny pipeline run once, then `dvc repro` with
+    nothing changed."""
+    work = Path(tempfile.mkdtemp())
+    try:
+        (work / ".dvc").mkdir()
+        for name in ("conf", "pipeline", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore"):
+            src = ROOT / name
+            (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+        env = {**os.environ, "GENLAB_DATA_DIR": str(_corpus().parent), "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+        subprocess.run([sys.executable, "-m", "pipeline.config", "experiment=tiny", "train.epochs=1"], cwd=work, env=env,
+                       check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=work, env=env, check=True, capture_output=True)
+        started = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=work, env=env, check=True, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if "Running stage" in out.stdout:
+            raise RuntimeError(f"the second dvc repro ran a stage:\n{out.stdout}")
+        return {"seconds": seconds}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+CHILDREN = {"vectorize": child_vectorize, "train": child_train, "generate": child_generate, "dvc_noop": child_dvc_noop}
+
+
+# --- parent -------------------------------------------------------------------------------------
+
+def measure(reps: int, name: str, *args) -> dict:
+    """Median of `reps` fresh processes; `peak_mib` is the median peak RSS."""
+    runs = []
+    for _ in range(reps):
+        proc = subprocess.run([sys.executable, __file__, "--child", name, *map(str, args)], cwd=ROOT,
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        if proc.returncode != 0:
+            sys.exit(f"error: {name} {args} failed:\n{proc.stderr[-3000:]}")
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"  {name} {' '.join(map(str, args))}: {runs[-1]}", file=sys.stderr, flush=True)
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def machine() -> str:
+    import keras
+    import tensorflow as tf
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+            f"TensorFlow {tf.__version__}, Keras {keras.__version__}, numpy {__import__('numpy').__version__}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="one JSON object per figure")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of the cheap figures (median)")
+    parser.add_argument("--train-reps", type=int, default=1, help="repetitions of each whole training epoch (median)")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        name, *rest = args.child
+        conv = [int(a) if a.lstrip("-").isdigit() else (a == "True") if a in ("True", "False") else a for a in rest]
+        result = CHILDREN[name](*conv)
+        print(json.dumps({**result, "peak_mib": _peak_mib()}))
+        return
+
+    from pipeline import config
+
+    d = config.compose()
+    assert (d.vectorize.maxlen, d.vectorize.step, d.model.units, d.train.batch_size) == (MAXLEN, STEP, UNITS, 128), \
+        "genlab's defaults no longer match the book's recipe: update the benchmark"
+    print(f"corpus {_corpus()}; measuring (each line: one fresh process) ...", file=sys.stderr, flush=True)
+    r = args.reps
+    figures = []
+
+    def add(figure, book, genlab, ratio, target, met, unit):
+        figures.append({"figure": figure, "book": book, "genlab": genlab, "ratio": ratio, "target": target,
+                        "met": met, "unit": unit})
+
+    vb, vg = measure(r, "vectorize", "book"), measure(r, "vectorize", "genlab")
+    add("vectorize wall time", vb["seconds"], vg["seconds"], vb["seconds"] / vg["seconds"], ">= 30x faster",
+        vb["seconds"] / vg["seconds"] >= 30, "s")
+    add("vectorize peak RSS", vb["peak_mib"], vg["peak_mib"], vb["peak_mib"] / vg["peak_mib"], ">= 10x less",
+        vb["peak_mib"] / vg["peak_mib"] >= 10, "MiB")
+
+    tr = args.train_reps
+    tb, tg = measure(tr, "train", "book", 128, False), measure(tr, "train", "genlab", 128, False)
+    ratio = tg["samples_per_second"] / tb["samples_per_second"]
+    add("train samples/s, batch 128, whole fit()", tb["samples_per_second"], tg["samples_per_second"], ratio,
+        ">= 1.2x", ratio >= 1.2, "samples/s")
+    add("train peak RSS (full Nietzsche)", tb["peak_mib"], tg["peak_mib"], tb["peak_mib"] / tg["peak_mib"],
+        "genlab <= 1024 MiB", tg["peak_mib"] <= 1024, "MiB")
+    add("loss after 1 epoch, batch 128", tb["loss"], tg["loss"], tg["loss"] / tb["loss"], "within noise (|diff| <= 0.05)",
+        abs(tg["loss"] - tb["loss"]) <= 0.05, "nats")
+    for jit in (False, True):
+        t5 = measure(tr, "train", "genlab", 512, jit)
+        label = f"batch 512{' + jit_compile' if jit else ''}"
+        add(f"train samples/s, {label} (vs book at 128)", tb["samples_per_second"], t5["samples_per_second"],
+            t5["samples_per_second"] / tb["samples_per_second"], "report", None, "samples/s")
+        add(f"loss after 1 epoch, {label}", tb["loss"], t5["loss"], t5["loss"] / tb["loss"], "report", None, "nats")
+
+    book_len, gen_len = 40, 2000
+    gb = measure(r, "generate", "book", "window", 1, book_len)
+    for mode, target in (("stateful", 1000), ("window", 30)):
+        g1 = measure(r, "generate", "genlab", mode, 1, gen_len)
+        g4 = measure(r, "generate", "genlab", mode, 4, gen_len)
+        ratio = g1["chars_per_second"] / gb["chars_per_second"]
+        add(f"generate chars/s, one stream, {mode} mode", gb["chars_per_second"], g1["chars_per_second"], ratio,
+            f">= {target}x", ratio >= target, "chars/s")
+        cost = g4["seconds_per_stream_char"] / g1["seconds_per_stream_char"]
+        add(f"4 temperatures / 1 temperature, time, {mode} mode", None, cost, cost, "<= 1.5", cost <= 1.5, "x")
+
+    noop = measure(r, "dvc_noop")
+    add("no-op dvc repro", None, noop["seconds"], None, "<= 10 s", noop["seconds"] <= 10, "s")
+
+    if args.json:
+        for f in figures:
+            print(json.dumps(f))
+        return
+    print(f"machine: {machine()}")
+    print(f"corpus: {_corpus()} (maxlen {MAXLEN}, step {STEP}, LSTM({UNITS})); medians of {r} runs, {tr} for training")
+    fmt = lambda v: "-" if v is None else f"{v:,.4g}"  # noqa: E731
+    rows = [("figure", "book", "genlab", "ratio", "target", "met")] + [
+        (f["figure"] + f" [{f['unit']}]", fmt(f["book"]), fmt(f["genlab"]), fmt(f["ratio"]), f["target"],
+         "-" if f["met"] is None else ("yes" if f["met"] else "NO")) for f in figures]
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
+    for k, row in enumerate(rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+if __name__ == "__main__":
+    main()
