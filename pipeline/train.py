@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from pipeline import artifacts, config, pyfunc, tracking
-from pipeline.vectorize import count_windows, decode
-
-LN2 = math.log(2.0)
+from pipeline import artifacts, callbacks, config, pyfunc, tracking
+from pipeline.callbacks import TrainError
+from pipeline.vectorize import count_windows
 
 
 def make_dataset(ids: np.ndarray, maxlen: int, step: int, batch_size: int, shuffle: int | None, seed: int,
@@ -57,10 +56,6 @@ def make_optimizer(name: str, learning_rate: float, clipnorm: float | None = Non
             "sgd": keras.optimizers.SGD}[name](learning_rate=learning_rate, clipnorm=clipnorm)
 
 
-class TrainError(RuntimeError):
-    pass
-
-
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()  # DVC's own content hash for a file
 
@@ -86,127 +81,6 @@ def plot_losses(history: list[dict], path: Path) -> None:
     with artifacts.atomic_path(path) as tmp:
         fig.savefig(tmp)
     plt.close(fig)
-
-
-def _log_epoch(row: dict) -> None:
-    import mlflow
-
-    mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
-
-
-def _epoch_end(t, vocab, val_ids, maxlen, state, checkpoints: Path | None):
-    """The Keras callback run after every epoch: record the losses; keep the best weights; cut the
-    learning rate on a plateau; catch divergence (NaN/inf, or a loss far above its best) and roll
-    back or stop; generate and log the epoch's samples; checkpoint; log the metrics."""
-    import keras
-    import mlflow
-
-    from pipeline import checkpoint
-    from pipeline.generator import Generator
-
-    temps = [float(x) for x in t.epoch_samples.temperatures]
-    rng = np.random.default_rng()
-    rng.bit_generator.state = state["rng"]
-    guard = t.divergence
-
-    class EpochEnd(keras.callbacks.Callback):
-        best_weights = best_optimizer = None
-        started, stop_reason = 0.0, None
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def _set_lr(self, lr: float) -> None:
-            self.model.optimizer.learning_rate.assign(lr)
-
-        def on_epoch_end(self, epoch, logs=None):
-            n, opt = epoch + 1, self.model.optimizer
-            row = {"epoch": n, "loss": float(logs["loss"]), "val_loss": float(logs["val_loss"])}
-            row.update(bpc=row["loss"] / LN2, val_bpc=row["val_loss"] / LN2,
-                       seconds=time.perf_counter() - self.started, lr=float(opt.learning_rate.numpy()))
-            state["history"].append(row)
-            good = [r for r in state["history"][:-1] if r["epoch"] in state["good_epochs"]]
-            best_loss = min((r["loss"] for r in good), default=math.inf)
-            # Guessing uniformly costs ln(V) nats: far above that is diverged even in the first epoch.
-            val_reference = min(state["best_val_loss"], math.log(len(vocab)))
-            diverged = not (math.isfinite(row["loss"]) and math.isfinite(row["val_loss"])) or (
-                row["loss"] > guard.max_ratio * best_loss or row["val_loss"] > guard.max_ratio * val_reference)
-            if diverged:
-                against = (f"the best val_loss {state['best_val_loss']:.4g} (epoch {state['best_epoch']})" if state["best_epoch"]
-                           else f"{math.log(len(vocab)):.4g} for a uniform guess")
-                message = (f"epoch {n} diverged: loss {row['loss']:.4g}, val_loss {row['val_loss']:.4g} against {against}, "
-                           f"at learning rate {row['lr']:.3g}")
-                mlflow.set_tag("diverged", message)
-                if self.best_weights is None:
-                    raise TrainError(f"train: {message}; no epoch trained well, so there is no model to keep. "
-                                     "Lower train.learning_rate or set train.clipnorm.")
-                self.model.set_weights(self.best_weights)  # NaN weights or optimizer state are useless
-                for v, value in zip(opt.variables, self.best_optimizer, strict=True):
-                    v.assign(value)
-                if guard.action == "rollback" and state["rollbacks"] < guard.max_rollbacks:
-                    state["rollbacks"] += 1
-                    lr = max(row["lr"] * t.plateau.factor, t.plateau.min_lr)
-                    self._set_lr(lr)
-                    message += f"; rolled back to epoch {state['best_epoch']}'s weights, learning rate now {lr:.3g}"
-                else:
-                    self.stop_reason = message + "; training stopped, keeping the best model"
-                    self.model.stop_training = True
-                print(f"train: {self.stop_reason or message}", flush=True)
-                mlflow.set_tag("diverged", self.stop_reason or message)
-            else:
-                state["good_epochs"].append(n)
-                if row["val_loss"] < state["best_val_loss"]:
-                    state.update(best_val_loss=row["val_loss"], best_epoch=n, wait=0)
-                    self.best_weights = self.model.get_weights()
-                    self.best_optimizer = [v.numpy() for v in opt.variables]
-                else:
-                    state["wait"] += 1
-                    if state["wait"] >= t.plateau.patience and row["lr"] > t.plateau.min_lr:
-                        lr = max(row["lr"] * t.plateau.factor, t.plateau.min_lr)
-                        self._set_lr(lr)
-                        state["wait"] = 0
-                        print(f"train: val_loss has not improved for {t.plateau.patience} epochs; learning rate now {lr:.3g}", flush=True)
-
-            start = int(rng.integers(0, len(val_ids) - maxlen))
-            prompt = val_ids[start:start + maxlen]
-            out = Generator(self.model, maxlen).generate(prompt, temps, t.epoch_samples.length, rng, mode=t.epoch_samples.mode)
-            seed_text = decode(prompt, vocab)
-            for temp, ids in zip(temps, out, strict=True):
-                text = f"--- seed: {seed_text!r}\n{seed_text}{decode(ids, vocab)}\n"
-                mlflow.log_text(text, f"samples/epoch_{n:03d}/temperature_{temp}.txt")
-            state["rng"] = rng.bit_generator.state
-            if checkpoints is not None:
-                checkpoint.save(checkpoints, n, self.model, self.best_weights, self.best_optimizer, state)
-            _log_epoch(row)  # after the checkpoint: a resume logs what a kill cut off, never twice
-            print(f"epoch {n}/{t.epochs}: loss {row['loss']:.4f}  val_loss {row['val_loss']:.4f}  "
-                  f"val_bpc {row['val_bpc']:.3f}  ({row['seconds']:.1f} s)  "
-                  f"T={temps[len(temps) // 2]}: {decode(out[len(temps) // 2][:60], vocab)!r}", flush=True)
-
-    return EpochEnd()
-
-
-def _progress_bar(epochs: int):
-    """Keras's progress bar, saying "Epoch 3/10" although each fit() call runs one epoch."""
-    import keras
-
-    class Progbar(keras.callbacks.ProgbarLogger):
-        def set_params(self, params):
-            super().set_params({**params, "epochs": epochs, "verbose": 1})
-
-    return Progbar()
-
-
-def _resume(folder: Path, build, callback):
-    """The checkpoint's model, with its optimizer state; its best weights go to the callback."""
-    import keras
-
-    model = keras.saving.load_model(folder / "model.keras", safe_mode=True)
-    best = build()
-    best.load_weights(folder / "best.weights.h5")
-    callback.best_weights = best.get_weights()
-    with np.load(folder / "best_optimizer.npz") as z:
-        callback.best_optimizer = [z[f"arr_{i}"] for i in range(len(z.files))]
-    return model
 
 
 def run(cfg) -> dict:
@@ -247,8 +121,8 @@ def run(cfg) -> dict:
     if found:
         state.update(found[1])
         print(f"train: resuming after epoch {state['epoch']} from the checkpoint in {checkpoints}", flush=True)
-    callback = _epoch_end(t, vocab, val_ids, maxlen, state, checkpoints)
-    model = _resume(found[0], build, callback) if found else build()
+    callback = callbacks.epoch_end(t, vocab, val_ids, maxlen, state, checkpoints)
+    model = callbacks.resume(found[0], build, callback) if found else build()
     val_ds = make_dataset(val_ids, maxlen, step, t.batch_size, None, cfg.seed)
 
     with mlflow.start_run(run_id=state["run_id"], experiment_id=None if state["run_id"] else experiment_id) as active:
@@ -257,7 +131,7 @@ def run(cfg) -> dict:
             logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss")}
             for row in state["history"]:
                 if row["epoch"] not in logged:
-                    _log_epoch(row)  # the epoch a kill cut off between its checkpoint and its metrics
+                    callbacks.log_epoch(row)  # the epoch a kill cut off between its checkpoint and its metrics
             mlflow.set_tag("resumed_from_epoch", str(state["epoch"]))
         else:
             mlflow.log_params(tracking.flatten(params))
@@ -265,11 +139,11 @@ def run(cfg) -> dict:
                                               **{f"data.{name.split('.')[0]}_md5": md5 for name, md5 in data_md5.items()},
                                               "corpus.sha256": cfg.corpus.sha256}))
         # A progress bar on a terminal; in a log, the callback's one line per epoch says it all.
-        callbacks = [callback] + ([_progress_bar(t.epochs)] if sys.stdout.isatty() else [])
+        extra = [callbacks.progress_bar(t.epochs)] if sys.stdout.isatty() else []
         started = time.perf_counter()
         for epoch in range(len(state["history"]), t.epochs):  # one fit() per epoch: each has its own shuffle
             model.fit(make_dataset(train_ids, maxlen, step, t.batch_size, t.shuffle_buffer, cfg.seed, epoch),
-                      validation_data=val_ds, initial_epoch=epoch, epochs=epoch + 1, callbacks=callbacks,
+                      validation_data=val_ds, initial_epoch=epoch, epochs=epoch + 1, callbacks=[callback, *extra],
                       shuffle=False, verbose=0)
             if callback.stop_reason:
                 break
@@ -280,7 +154,7 @@ def run(cfg) -> dict:
         ran = len(history) - (state.get("epoch", 0) if found else 0)
         metrics = {"loss": history[-1]["loss"], "val_loss": history[-1]["val_loss"],
                    "best_val_loss": state["best_val_loss"], "best_epoch": state["best_epoch"],
-                   "val_bpc": state["best_val_loss"] / LN2, "epochs": len(history), "seconds": seconds,
+                   "val_bpc": state["best_val_loss"] / callbacks.LN2, "epochs": len(history), "seconds": seconds,
                    "seconds_per_epoch": seconds / max(ran, 1), "parameters": model.count_params(),
                    "rollbacks": state["rollbacks"], "stopped": callback.stop_reason}
         meta = {"vocab": vocab, "maxlen": maxlen, "lowercase": cfg.vectorize.lowercase, "model": cfg.model.name,
