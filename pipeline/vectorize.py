@@ -28,7 +28,7 @@ def build_vocab(text: str) -> list[str]:
 def encode(text: str, vocab: list[str]) -> np.ndarray:
     """The ids of `text` in the smallest unsigned dtype that holds the vocabulary."""
     if len(vocab) > np.iinfo(np.uint16).max + 1:
-        raise VectorizeError(f"a vocabulary of {len(vocab)} characters does not fit in uint16 ids")
+        raise VectorizeError(f"{len(vocab)} distinct characters; character ids are uint16, which hold at most 65536")
     dtype = np.uint8 if len(vocab) <= 256 else np.uint16
     # A lookup table over code points, vectorised: no Python loop over the characters.
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
@@ -88,12 +88,13 @@ def run(cfg) -> dict:
         raise VectorizeError(f"{raw}: the corpus is empty")
     train_text, val_text = split(text, v.val_fraction, v.maxlen, str(raw))
     vocab = build_vocab(text)
-    if len(vocab) > np.iinfo(np.uint16).max + 1:
-        raise VectorizeError(f"{raw}: {len(vocab)} distinct characters; character ids are uint16, which hold at most 65536")
+    try:
+        train_ids, val_ids = encode(train_text, vocab), encode(val_text, vocab)
+    except VectorizeError as e:
+        raise VectorizeError(f"{raw}: {e}") from None
     out = Path(cfg.paths.prepared)
     for folder in (out, Path(cfg.paths.metrics)):
         artifacts.ensure_writable(folder)
-    train_ids, val_ids = encode(train_text, vocab), encode(val_text, vocab)
 
     for name, ids in (("train.npy", train_ids), ("val.npy", val_ids)):
         with artifacts.atomic_path(out / name) as tmp:
