@@ -37,3 +37,22 @@ def test_as_temperature_goes_to_zero_it_is_the_argmax(p, t, seed):
     assert p[i] >= top * (1 - 1e-9)
     if not ((p < top) & (p >= top * (1 - 1e-9))).any():
         assert p[i] == top
+
+
+@settings(max_examples=300, deadline=None)
+@given(logits=st.lists(st.floats(-50, 50), min_size=1, max_size=64).map(lambda v: np.array([v])),
+       t=st.floats(1e-3, 100.0), seed=st.integers(0, 2**32 - 1))
+def test_sampling_from_logits_is_sampling_from_their_softmax(logits, t, seed):
+    from pipeline.generator import sample_logits
+
+    softmax = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert sample_logits(logits, [t], np.random.default_rng(seed)) == sample_next(softmax, [t], np.random.default_rng(seed))
+
+
+def test_non_finite_logits_still_give_a_valid_index():
+    from pipeline.generator import sample_logits
+
+    rng = np.random.default_rng(0)
+    assert sample_logits(np.array([[np.nan, 1.0, np.inf, 0.0]]), [0.5], rng)[0] in range(4)
+    assert sample_logits(np.array([[np.nan, np.nan]]), [1.0], rng)[0] in (0, 1)
+    assert sample_logits(np.array([[-np.inf, 3.0, -np.inf]]), [1.0], rng)[0] == 1
