@@ -134,9 +134,9 @@ def child_generate(side: str, mode: str, temps: int, length: int) -> dict:
     return {"seconds": seconds, "chars_per_second": temps * length / seconds, "seconds_per_stream_char": seconds / length}
 
 
-def child_dvc_noop() -> dict:
+def child_dvc_noop(reps: int) -> dict:
     """A throwaway git+DVC copy of the project, the tiny pipeline run once, then `dvc repro` with
-    nothing changed."""
+    nothing changed, `reps` times (the median)."""
     work = Path(tempfile.mkdtemp())
     try:
         (work / ".dvc").mkdir()
@@ -149,12 +149,15 @@ def child_dvc_noop() -> dict:
         subprocess.run([sys.executable, "-m", "pipeline.config", "experiment=tiny", "train.epochs=1"], cwd=work, env=env,
                        check=True, capture_output=True)
         subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=work, env=env, check=True, capture_output=True)
-        started = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=work, env=env, check=True, capture_output=True, text=True)
-        seconds = time.perf_counter() - started
-        if "Running stage" in out.stdout:
-            raise RuntimeError(f"the second dvc repro ran a stage:\n{out.stdout}")
-        return {"seconds": seconds}
+        times = []
+        for _ in range(reps):
+            started = time.perf_counter()
+            out = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=work, env=env, check=True,
+                                 capture_output=True, text=True)
+            times.append(time.perf_counter() - started)
+            if "Running stage" in out.stdout:
+                raise RuntimeError(f"a no-op dvc repro ran a stage:\n{out.stdout}")
+        return {"seconds": statistics.median(times)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -245,7 +248,7 @@ def main() -> None:
         cost = g4["seconds_per_stream_char"] / g1["seconds_per_stream_char"]
         add(f"4 temperatures / 1 temperature, time, {mode} mode", None, cost, cost, "<= 1.5", cost <= 1.5, "x")
 
-    noop = measure(r, "dvc_noop")
+    noop = measure(1, "dvc_noop", r)  # one throwaway repository, the median of r no-op repros
     add("no-op dvc repro", None, noop["seconds"], None, "<= 10 s", noop["seconds"] <= 10, "s")
 
     if args.json:
