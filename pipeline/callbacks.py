@@ -130,14 +130,13 @@ def progress_bar(epochs: int):
     return Progbar()
 
 
-def resume(folder: Path, build, callback):
+def resume(folder: Path, callback):
     """The checkpoint's model, with its optimizer state; its best weights go to the callback."""
     import keras
 
+    from pipeline import checkpoint
+
     model = keras.saving.load_model(folder / "model.keras", safe_mode=True)
-    best = build()
-    best.load_weights(folder / "best.weights.h5")
-    callback.best_weights = best.get_weights()
-    with np.load(folder / "best_optimizer.npz") as z:
-        callback.best_optimizer = [z[f"arr_{i}"] for i in range(len(z.files))]
+    callback.best_weights = checkpoint.load_arrays(folder / "best_weights.npz")
+    callback.best_optimizer = checkpoint.load_arrays(folder / "best_optimizer.npz")
     return model

@@ -1,7 +1,7 @@
 """Training state saved at every epoch end, so that a killed train stage resumes where it stopped.
 
 <paths.checkpoints>/ holds epoch_<n>/ folders, each with model.keras (weights and optimizer state),
-best.weights.h5 and best_optimizer.npz (the best validation epoch so far) and state.json (epoch, history, the best loss,
+best_weights.npz and best_optimizer.npz (the best validation epoch so far) and state.json (epoch, history, the best loss,
 plateau and rollback counters, the sampling RNG state, the MLflow run id), plus `latest`, a file
 naming the newest complete folder. A folder is written in full before `latest` is switched to it
 (atomically), so a kill at any moment leaves the previous or the new checkpoint, never half of one.
@@ -36,16 +36,19 @@ def save(folder: Path, epoch: int, model, best_weights: list, best_optimizer: li
     shutil.rmtree(target, ignore_errors=True)  # left by a kill during an earlier write
     target.mkdir(parents=True)
     model.save(target / "model.keras")  # Keras saves the optimizer's variables with the weights
-    current = model.get_weights()
-    model.set_weights(best_weights)
-    model.save_weights(target / "best.weights.h5")
-    model.set_weights(current)
-    np.savez(target / "best_optimizer.npz", *best_optimizer)  # to roll back to after a divergence
+    np.savez(target / "best_weights.npz", *best_weights)  # the best epoch's, to export and to roll back to
+    np.savez(target / "best_optimizer.npz", *best_optimizer)
     (target / "state.json").write_text(json.dumps({**state, "epoch": epoch}), encoding="utf-8")
     artifacts.write_text(folder / LATEST, target.name + "\n")  # the switch: one atomic rename
     for old in folder.glob("epoch_*"):
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def load_arrays(path: Path) -> list[np.ndarray]:
+    """The list of arrays `save` wrote with np.savez, in order."""
+    with np.load(path) as z:
+        return [z[f"arr_{i}"] for i in range(len(z.files))]
 
 
 def latest(folder: Path, expected_fingerprint: str) -> tuple[Path, dict] | None:

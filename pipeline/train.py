@@ -122,7 +122,7 @@ def run(cfg) -> dict:
         state.update(found[1])
         print(f"train: resuming after epoch {state['epoch']} from the checkpoint in {checkpoints}", flush=True)
     callback = callbacks.epoch_end(t, vocab, val_ids, maxlen, state, checkpoints)
-    model = callbacks.resume(found[0], build, callback) if found else build()
+    model = callbacks.resume(found[0], callback) if found else build()
     val_ds = make_dataset(val_ids, maxlen, step, t.batch_size, None, cfg.seed)
 
     with mlflow.start_run(run_id=state["run_id"], experiment_id=None if state["run_id"] else experiment_id) as active:

@@ -95,7 +95,6 @@ def run(cfg) -> dict:
     out = Path(cfg.paths.prepared)
     for folder in (out, Path(cfg.paths.metrics)):
         artifacts.ensure_writable(folder)
-
     for name, ids in (("train.npy", train_ids), ("val.npy", val_ids)):
         with artifacts.atomic_path(out / name) as tmp:
             np.save(tmp, ids)
