@@ -73,10 +73,6 @@ def sample_logits(logits, temperature, rng) -> np.ndarray:
     return (cdf < x[:, None]).sum(axis=-1)
 
 
-def _sigmoid(x):
-    return 0.5 * (np.tanh(0.5 * x) + 1.0)  # no overflow warnings for large |x|
-
-
 class Generator:
     """Numpy inference for the `lstm` family: the trained weights, no Keras call per character."""
 
@@ -86,26 +82,37 @@ class Generator:
         u = recurrent.shape[0]
         # Keras orders the gates i, f, c, o; reorder to i, f, o, c so that one sigmoid covers the
         # three contiguous gates. The one-hot row lookup replaces x @ W, and the bias is folded in.
+        # The three sigmoid gates are pre-scaled by 0.5 (exact in floating point), since
+        # sigmoid(x) = 0.5 * tanh(x / 2) + 0.5: one in-place tanh then covers all four gates.
         order = np.r_[0:2 * u, 3 * u:4 * u, 2 * u:3 * u]
+        scale = np.r_[np.full(3 * u, 0.5), np.ones(u)].astype(np.float32)
         # C order: fancy indexing leaves Fortran order, which makes small batched matmuls 10x slower.
-        self.input_proj = np.ascontiguousarray(((emb @ kernel) + bias)[:, order], dtype=np.float32)
-        self.recurrent = np.ascontiguousarray(recurrent[:, order], dtype=np.float32)
+        # Transposed, (gates, batch): each gate is then one contiguous block, not a strided column
+        # slice per row, which halves the cost of a step for 4 streams.
+        self.input_proj = np.ascontiguousarray((((emb @ kernel) + bias)[:, order] * scale).T, dtype=np.float32)
+        self.recurrent = np.ascontiguousarray((recurrent[:, order] * scale).T, dtype=np.float32)
         self.dense_w, self.dense_b = (np.ascontiguousarray(w, dtype=np.float32) for w in model.get_layer("next_char").get_weights())
         self.units = u
         self.maxlen = maxlen
 
     def zero_state(self, batch: int):
-        return (np.zeros((batch, self.units), np.float32), np.zeros((batch, self.units), np.float32))
+        """(h, c), each stored transposed as (units, batch)."""
+        return (np.zeros((self.units, batch), np.float32), np.zeros((self.units, batch), np.float32))
 
     def step(self, ids: np.ndarray, state):
-        """One LSTM cell update for a batch of character ids (Keras's equations, gates reordered)."""
+        """One LSTM cell update for a batch of character ids (Keras's equations, gates reordered).
+        Returns the output h as (batch, units) and the new state."""
         h, c = state
         u = self.units
-        z = self.input_proj[ids] + h @ self.recurrent
-        gates = _sigmoid(z[:, :3 * u])
-        c = gates[:, u:2 * u] * c + gates[:, :u] * np.tanh(z[:, 3 * u:])
-        h = gates[:, 2 * u:] * np.tanh(c)
-        return h, (h, c)
+        z = self.recurrent @ h
+        z += self.input_proj.take(ids, axis=1)  # take: a quarter of the cost of fancy indexing
+        np.tanh(z, out=z)  # in place, no temporaries: this loop runs once per character per window position
+        gates = z[:3 * u]
+        gates *= 0.5
+        gates += 0.5
+        c = gates[u:2 * u] * c + gates[:u] * z[3 * u:]
+        h = gates[2 * u:] * np.tanh(c)
+        return h.T, (h, c)
 
     def logits(self, h: np.ndarray) -> np.ndarray:
         return h @ self.dense_w + self.dense_b
@@ -118,7 +125,7 @@ class Generator:
     def run(self, windows: np.ndarray, state=None):
         """Feed (batch, time) ids from `state` (zero by default); return the last output and state."""
         state = state if state is not None else self.zero_state(len(windows))
-        h = state[0]
+        h = state[0].T
         for t in range(windows.shape[1]):
             h, state = self.step(windows[:, t], state)
         return h, state
