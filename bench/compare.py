@@ -95,7 +95,8 @@ def child_train(side: str, batch: int, jit: bool) -> dict:
         ids = v.encode(train_text, vocab)
         model = MODELS[cfg.model.name](len(vocab), cfg.model.units)
         model.compile(optimizer=train.make_optimizer(t.optimizer, t.learning_rate, t.clipnorm),
-                      loss="sparse_categorical_crossentropy", jit_compile=jit)
+                      loss="sparse_categorical_crossentropy", jit_compile=jit,
+                      steps_per_execution=t.steps_per_execution)
         started = time.perf_counter()  # the whole fit() call, dataset included
         history = model.fit(train.make_dataset(ids, MAXLEN, STEP, batch, t.shuffle_buffer, cfg.seed, 0),
                             epochs=1, verbose=0)

@@ -93,6 +93,7 @@ class Train:
     optimizer: str = MISSING
     learning_rate: float = MISSING
     batch_size: int = MISSING
+    steps_per_execution: int = MISSING
     epochs: int = MISSING
     shuffle_buffer: int = MISSING
     clipnorm: Optional[float] = MISSING
@@ -215,7 +216,7 @@ def validate(raw: DictConfig | dict, source: str = "config") -> DictConfig:
     cfg = _merge(Config, raw, source)
 
     positive_ints = ["seed", "vectorize.maxlen", "vectorize.step", "model.units", "train.batch_size",
-                     "train.epochs", "train.epoch_samples.length", "sample.length"]
+                     "train.steps_per_execution", "train.epochs", "train.epoch_samples.length", "sample.length"]
     for key in positive_ints:
         minimum = 0 if key == "seed" else 1
         _check(OmegaConf.select(cfg, key) >= minimum, key, f"must be >= {minimum}, got {OmegaConf.select(cfg, key)}", source)

@@ -112,7 +112,8 @@ def run(cfg) -> dict:
 
     def build():
         m = MODELS[cfg.model.name](len(vocab), cfg.model.units)
-        m.compile(optimizer=make_optimizer(t.optimizer, t.learning_rate, t.clipnorm), loss="sparse_categorical_crossentropy")
+        m.compile(optimizer=make_optimizer(t.optimizer, t.learning_rate, t.clipnorm), loss="sparse_categorical_crossentropy",
+                  steps_per_execution=t.steps_per_execution)
         return m
 
     state = {"history": [], "good_epochs": [], "best_val_loss": math.inf, "best_epoch": 0, "wait": 0, "rollbacks": 0,

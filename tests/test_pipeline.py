@@ -102,3 +102,28 @@ def test_hydra_multirun_gives_one_mlflow_run_per_job(workdir, data_dir):
     assert {r.data.params["corpus.path"] for r in runs} == {str(workdir / "mine.txt")}
     for job, t in (("0", "0.5"), ("1", "1.0")):
         assert (workdir / "sweep" / job / "samples" / f"temperature_{t}.txt").exists()
+
+
+def test_steps_per_execution_changes_speed_not_the_weights():
+    """`train.steps_per_execution` batches several steps into one compiled call: the same
+    batches in the same order, so the same weights, also when the epoch is not a multiple of it."""
+    import keras
+    import numpy as np
+
+    from pipeline.model import build_lstm
+    from pipeline.train import make_dataset, make_optimizer
+
+    ids = np.random.default_rng(0).integers(0, 11, 3000).astype(np.int32)  # 994 windows: 16 batches of 64, the last partial
+    weights = []
+    for steps in (1, 5):
+        keras.utils.set_random_seed(3)
+        model = build_lstm(11, 8)
+        model.compile(optimizer=make_optimizer("rmsprop", 0.01, 1.0), loss="sparse_categorical_crossentropy",
+                      steps_per_execution=steps)
+        history = model.fit(make_dataset(ids, 20, 3, 64, 0, 1, 0), epochs=1, verbose=0)
+        weights.append((model.get_weights(), history.history["loss"][0]))
+    (w1, loss1), (w5, loss5) = weights
+    assert loss5 == pytest.approx(loss1, rel=1e-5)
+    for a, b in zip(w1, w5):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(w1[1], build_lstm(11, 8).get_weights()[1])  # it did train
