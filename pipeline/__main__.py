@@ -2,7 +2,10 @@
 one process, configured by Hydra from conf/. With `-m` it is one job per combination of a sweep
 (`python -m pipeline -m sample.temperature=0.2,1.0 vectorize.maxlen=40,60`). Each job works in
 its own folder (outputs/... or multirun/.../<job>) and logs one MLflow run, tagged with its sweep.
-The same stage functions as `dvc repro`, on the same validated config.
+The same stage functions as `dvc repro`, on the same validated config. A stage whose params, code
+and upstream results were seen before is not run again: its stored outputs are copied in
+(`pipeline.cache`, under `cache.dir`), and the run's tags say which stages ran and which were reused
+(`stage.<name>`: ran|reused, `stage.<name>.key`: the cache key).
 """
 from __future__ import annotations
 
@@ -13,9 +16,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pipeline import config, fetch, sample, tracking, train, vectorize
+from pipeline import cache, config, fetch, sample, tracking, train, vectorize
 
 STAGES = {"fetch": fetch.run, "vectorize": vectorize.run, "train": train.run, "sample": sample.run}
+# What a job logs to its MLflow run for a stage it reused instead of running (fetch and vectorize log nothing).
+LOG_REUSED = {"train": train.log_reused, "sample": sample.log_reused}
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
@@ -30,7 +35,7 @@ def job(raw: DictConfig) -> dict:
         # Hydra has moved into the job folder: anchor the store and the user's own files at the
         # folder the user ran from.
         raw.mlflow.tracking_uri = tracking.resolve_uri(raw.mlflow.tracking_uri, launched_from)
-        for key in ("corpus.path", "fetch.mirror"):
+        for key in ("corpus.path", "fetch.mirror", "cache.dir"):
             if OmegaConf.select(raw, key):
                 OmegaConf.update(raw, key, str(launched_from / Path(OmegaConf.select(raw, key)).expanduser()))
         raw.mlflow.tags["overrides"] = " ".join(overrides)
@@ -40,7 +45,29 @@ def job(raw: DictConfig) -> dict:
     OmegaConf.resolve(raw)
     cfg = config.validate(raw, config._source(overrides))
     print(f"job folder: {Path.cwd()}")
-    return {name: stage(cfg) for name, stage in STAGES.items()}
+    return run_stages(cfg)
+
+
+def run_stages(cfg) -> dict:
+    """Every stage in order inside one MLflow run, each run or reused from the cache."""
+    import mlflow
+
+    experiment_id = tracking.connect(tracking.resolve_uri(cfg.mlflow.tracking_uri), cfg.mlflow.experiment)
+    results, keys = {}, []
+    with mlflow.start_run(experiment_id=experiment_id):
+        for name, stage in STAGES.items():
+            if cfg.cache.enabled:
+                result, status, key = cache.run(name, stage, cfg, keys, Path(cfg.cache.dir))
+            else:
+                result, status, key = stage(cfg), "ran", ""
+            keys.append(key)
+            mlflow.set_tags({f"stage.{name}": status, f"stage.{name}.key": key})
+            if status == "reused":
+                print(f"{name}: reused (cache key {key})", flush=True)
+                if name in LOG_REUSED:
+                    LOG_REUSED[name](cfg, result)
+            results[name] = {**result, "status": status, "key": key}
+    return results
 
 
 def main() -> None:

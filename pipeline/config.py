@@ -124,6 +124,12 @@ class Mlflow:
 
 
 @dataclass
+class Cache:
+    enabled: bool = MISSING
+    dir: str = MISSING
+
+
+@dataclass
 class Config:
     seed: int = MISSING
     corpus: Corpus = MISSING
@@ -134,6 +140,7 @@ class Config:
     train: Train = MISSING
     sample: Sample = MISSING
     mlflow: Mlflow = MISSING
+    cache: Cache = MISSING
 
 
 @dataclass

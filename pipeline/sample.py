@@ -1,7 +1,8 @@
 """Stage sample: generate text from the trained model at each `sample.temperature`.
 
 Reads <paths.models>/model.keras and meta.json (vocab, maxlen, the MLflow run), the held-out
-<paths.prepared>/val.npy (for the default prompt), and `seed` and `sample`. Writes
+<paths.prepared>/val.npy (for the default prompt), train.npy (to measure memorisation: see
+`pipeline.sample_metrics`), and `seed` and `sample`. Writes
 <paths.samples>/temperature_<T>.txt for each temperature and <paths.metrics>/sample.json, and
 logs the texts to the training's MLflow run under sample/.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import artifacts, config, tracking
+from pipeline import artifacts, config, sample_metrics, tracking
 from pipeline.config import temperatures
 from pipeline.vectorize import decode
 
@@ -42,8 +43,6 @@ def encode_prompt(prompt: str, vocab: list[str], lowercase: bool, key: str = "sa
 
 
 def run(cfg) -> dict:
-    import mlflow
-
     from pipeline import model as models
     from pipeline.generator import Generator
 
@@ -70,9 +69,14 @@ def run(cfg) -> dict:
     temps = temperatures(s.temperature)
 
     started = time.perf_counter()
-    out = Generator(model, maxlen).generate(prompt_ids, temps, s.length, rng, mode=s.mode, greedy=s.greedy,
-                                            progress=True)
+    generator = Generator(model, maxlen)
+    out = generator.generate(prompt_ids, temps, s.length, rng, mode=s.mode, greedy=s.greedy, progress=True)
     seconds = time.perf_counter() - started
+
+    train_text = decode(np.load(Path(cfg.paths.prepared) / "train.npy"), vocab)
+    corpus_words = set(sample_metrics.words(train_text))
+    measured = {str(t): sample_metrics.measure(generator, prompt_ids, ids, decode(ids, vocab), train_text, corpus_words)
+                for t, ids in zip(temps, out, strict=True)}
 
     prompt = decode(prompt_ids, vocab)
     samples_dir = Path(cfg.paths.samples)
@@ -88,18 +92,38 @@ def run(cfg) -> dict:
     staging.rename(samples_dir)
 
     result = {"prompt": prompt, "temperatures": temps, "length": s.length, "mode": s.mode, "greedy": s.greedy,
-              "seconds": seconds, "chars_per_second": len(temps) * s.length / max(seconds, 1e-9)}
+              "seconds": seconds, "chars_per_second": len(temps) * s.length / max(seconds, 1e-9), "metrics": measured}
     artifacts.write_json(Path(cfg.paths.metrics) / "sample.json", result)
 
-    with mlflow.start_run(run_id=meta["mlflow"]["run_id"]):
-        for t, text in texts.items():
-            mlflow.log_text(text, f"sample/temperature_{t}.txt")
-        # Not params: those are immutable, and re-sampling with new settings reuses the run.
-        mlflow.log_dict(result, "sample/sample.json")
-        mlflow.log_metric("sample_chars_per_second", result["chars_per_second"])
+    with tracking.run(meta["mlflow"]["run_id"]):
+        log(texts, result)
     for t, text in texts.items():
         print(f"--- temperature {t}\n{text}\n")
     return result
+
+
+def log(texts: dict, result: dict) -> None:
+    """Log the samples and what was measured to the active MLflow run."""
+    import mlflow
+
+    for t, text in texts.items():
+        mlflow.log_text(text, f"sample/temperature_{t}.txt")
+    # Not params: those are immutable, and re-sampling with new settings reuses the run.
+    mlflow.log_dict(result, "sample/sample.json")
+    mlflow.log_metric("sample_chars_per_second", result["chars_per_second"])
+    # Per temperature (sample.nll_per_char.t0.5, ...); with one temperature, also under a name
+    # that every job of a temperature sweep shares, so that the MLflow UI can sort and chart them.
+    per_t = result["metrics"]
+    mlflow.log_metrics({f"sample.{name}.t{t}": value for t, m in per_t.items() for name, value in m.items()})
+    if len(per_t) == 1:
+        mlflow.log_metrics({f"sample.{name}": value for name, value in next(iter(per_t.values())).items()})
+
+
+def log_reused(cfg, result: dict) -> None:
+    """What `run` logs, for a job that reused stored samples instead of generating them."""
+    folder = Path(cfg.paths.samples)
+    log({t: (folder / f"temperature_{t}.txt").read_text(encoding="utf-8").rstrip("\n")
+         for t in result["temperatures"]}, result)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ that DVC's queued experiments and Hydra job folders all log into one place.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -103,3 +104,17 @@ def environment_tags() -> dict[str, str]:
     except OSError:
         pass
     return tags
+
+
+@contextlib.contextmanager
+def run(run_id: str | None = None, experiment_id: str | None = None):
+    """The MLflow run a stage logs to: the active one when a caller opened it (a `python -m pipeline`
+    job holds one run for all its stages), else `run_id`'s, else a new one in `experiment_id`."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None:
+        yield active
+        return
+    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id) as started:
+        yield started

@@ -28,6 +28,9 @@ from pipeline.callbacks import TrainError
 from pipeline.vectorize import count_windows
 
 
+DATA_FILES = ("train.npy", "val.npy", "vocab.json")
+
+
 def make_dataset(ids: np.ndarray, maxlen: int, step: int, batch_size: int, shuffle: int | None, seed: int,
                  epoch: int = 0):
     """(window, next id) batches gathered from `ids` on the fly: the book's windows, never stored.
@@ -83,6 +86,30 @@ def plot_losses(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _log_setup(cfg, params: dict, data_md5: dict) -> None:
+    import mlflow
+
+    mlflow.log_params(tracking.flatten(params))
+    mlflow.set_tags(tracking.flatten({**tracking.environment_tags(), **cfg.mlflow.tags, "seed": cfg.seed,
+                                      **{f"data.{name.split('.')[0]}_md5": md5 for name, md5 in data_md5.items()},
+                                      "corpus.sha256": cfg.corpus.sha256}))
+
+
+def log_reused(cfg, result: dict) -> None:
+    """What `run` logs (params, tags, per-epoch and final metrics), for a job that reused a stored
+    model instead of training it; the model's own artifacts stay in the run that trained it."""
+    import mlflow
+
+    prepared, metrics_dir = Path(cfg.paths.prepared), Path(cfg.paths.metrics)
+    _log_setup(cfg, OmegaConf.to_container(cfg, resolve=True), {name: _md5(prepared / name) for name in DATA_FILES})
+    with (metrics_dir / "history.csv").open(encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            callbacks.log_epoch({k: int(v) if k == "epoch" else float(v) for k, v in row.items()})
+    mlflow.log_metrics({"best_val_loss": result["best_val_loss"], "best_val_bpc": result["val_bpc"],
+                        "seconds_per_epoch": result["seconds_per_epoch"]})
+    mlflow.set_tag("stage.train.source_run", result["run_id"])
+
+
 def run(cfg) -> dict:
     import keras
     import mlflow
@@ -106,7 +133,7 @@ def run(cfg) -> dict:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg.seed)
     params = OmegaConf.to_container(cfg, resolve=True)
-    data_md5 = {name: _md5(prepared / name) for name in ("train.npy", "val.npy", "vocab.json")}
+    data_md5 = {name: _md5(prepared / name) for name in DATA_FILES}
     fingerprint = checkpoint.fingerprint({"data": data_md5, **{k: params[k] for k in ("seed", "vectorize", "model", "train")}})
     checkpoints = Path(cfg.paths.checkpoints) if t.checkpoint else None
 
@@ -126,7 +153,7 @@ def run(cfg) -> dict:
     model = callbacks.resume(found[0], callback) if found else build()
     val_ds = make_dataset(val_ids, maxlen, step, t.batch_size, None, cfg.seed)
 
-    with mlflow.start_run(run_id=state["run_id"], experiment_id=None if state["run_id"] else experiment_id) as active:
+    with tracking.run(state["run_id"], experiment_id) as active:
         run_id = state["run_id"] = active.info.run_id
         if found:
             logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss")}
@@ -135,10 +162,7 @@ def run(cfg) -> dict:
                     callbacks.log_epoch(row)  # the epoch a kill cut off between its checkpoint and its metrics
             mlflow.set_tag("resumed_from_epoch", str(state["epoch"]))
         else:
-            mlflow.log_params(tracking.flatten(params))
-            mlflow.set_tags(tracking.flatten({**tracking.environment_tags(), **cfg.mlflow.tags, "seed": cfg.seed,
-                                              **{f"data.{name.split('.')[0]}_md5": md5 for name, md5 in data_md5.items()},
-                                              "corpus.sha256": cfg.corpus.sha256}))
+            _log_setup(cfg, params, data_md5)
         # A progress bar on a terminal; in a log, the callback's one line per epoch says it all.
         extra = [callbacks.progress_bar(t.epochs)] if sys.stdout.isatty() else []
         started = time.perf_counter()

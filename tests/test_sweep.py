@@ -1,0 +1,154 @@
+"""Sweeps that never repeat work: `python -m pipeline -m ...` reuses every stage whose params, code
+and upstream results it has seen, within a sweep and across sweeps, and says so in MLflow."""
+import subprocess
+import sys
+from collections import Counter
+
+import mlflow
+import pytest
+
+from pipeline import cache
+
+SWEEP = ["experiment=tiny", "train.epochs=1", "sample.temperature=0.5,1.0", "vectorize.maxlen=10,20"]
+
+
+def _sweep(workdir, name: str, *extra: str):
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "-m", *SWEEP, *extra, f"mlflow.tracking_uri={uri}",
+                           f"hydra.sweep.dir={name}"], cwd=workdir, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("genlab-textgen").experiment_id],
+                              f"tags.sweep = '{workdir / name}'")
+    return runs, Counter((stage, r.data.tags[f"stage.{stage}"]) for r in runs for stage in ("fetch", "vectorize",
+                                                                                           "train", "sample"))
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_each_distinct_stage_once_and_a_repeat_runs_nothing(workdir):
+    runs, counts = _sweep(workdir, "first")
+    assert len(runs) == 4
+    # 2 temperatures x 2 maxlens: one corpus, two vectorizations, two models, four sample sets.
+    assert counts == {("fetch", "ran"): 1, ("fetch", "reused"): 3, ("vectorize", "ran"): 2, ("vectorize", "reused"): 2,
+                      ("train", "ran"): 2, ("train", "reused"): 2, ("sample", "ran"): 4}
+    store = workdir / ".genlab/cache"
+    entries = {stage: sorted(p.name for p in (store / stage).iterdir() if p.is_dir()) for stage in cache.stages()}
+    assert {stage: len(keys) for stage, keys in entries.items()} == {"fetch": 1, "vectorize": 2, "train": 2, "sample": 4}
+    for r in runs:  # the tag names the entry that was used, and a reused model's run is as comparable as a trained one
+        assert r.data.tags["stage.train.key"] in entries["train"]
+        assert r.data.params["vectorize.maxlen"] in ("10", "20") and "best_val_loss" in r.data.metrics
+        assert r.data.metrics["loss"] > 0
+        m = r.data.metrics  # one temperature per job: the sample metrics under names the jobs share
+        assert 0 < m["sample.nll_per_char"] < 10 and 0 <= m["sample.word_in_corpus"] <= 1
+        assert 0 < m["sample.distinct_4"] <= 1 and m["sample.longest_copy"] >= 1
+        t = r.data.params["sample.temperature"]
+        assert m[f"sample.nll_per_char.t{t}"] == m["sample.nll_per_char"]
+    maxlen_of = {r.data.tags["stage.train.key"]: r.data.params["vectorize.maxlen"] for r in runs}
+    assert sorted(maxlen_of.values()) == ["10", "20"]  # one model per maxlen, shared across temperatures
+
+    again, counts = _sweep(workdir, "second")  # an identical sweep, later: nothing runs
+    assert len(again) == 4 and set(counts) == {(s, "reused") for s in ("fetch", "vectorize", "train", "sample")}
+    for job in range(4):
+        assert (workdir / "second" / str(job) / "models/model.keras").stat().st_size > 0
+        assert list((workdir / "second" / str(job) / "samples").glob("temperature_*.txt"))
+    first = {r.data.params["sample.temperature"] + "/" + r.data.params["vectorize.maxlen"]: r for r in runs}
+    for r in again:  # the reused samples are the ones generated the first time
+        twin = first[r.data.params["sample.temperature"] + "/" + r.data.params["vectorize.maxlen"]]
+        t = r.data.params["sample.temperature"]
+        path = f"sample/temperature_{t}.txt"
+        assert mlflow.artifacts.load_text(f"{r.info.artifact_uri}/{path}") == \
+            mlflow.artifacts.load_text(f"{twin.info.artifact_uri}/{path}")
+
+
+def test_the_cache_key_follows_params_code_and_upstream(tmp_path):
+    from omegaconf import OmegaConf
+
+    spec = {"deps": ["pipeline/sample.py", "models/model.keras"], "params": ["seed", "sample"],
+            "outs": ["${paths.samples}"]}
+    cfg = OmegaConf.create({"seed": 1, "sample": {"temperature": 0.5}, "train": {"epochs": 1},
+                            "paths": {"samples": "samples"}})
+    base = cache.key("sample", spec, cfg, ["a"])
+    assert cache.key("sample", spec, cfg, ["a"]) == base
+    other_train = OmegaConf.merge(cfg, {"train": {"epochs": 9}})  # not a param of this stage
+    assert cache.key("sample", spec, other_train, ["a"]) == base
+    assert cache.key("sample", spec, OmegaConf.merge(cfg, {"sample": {"temperature": 1.0}}), ["a"]) != base
+    assert cache.key("sample", spec, cfg, ["b"]) != base
+    assert cache.key("sample", {**spec, "deps": ["pipeline/train.py"]}, cfg, ["a"]) != base
+    assert cache.key("sample", spec, OmegaConf.merge(cfg, {"paths": {"samples": "elsewhere"}}), ["a"]) != base
+
+
+def test_a_stage_that_fails_stores_nothing_and_concurrent_callers_compute_once(tmp_path, monkeypatch):
+    import threading
+
+    from omegaconf import OmegaConf
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cache, "stages", lambda: {"make": {"params": ["n"], "outs": ["out.txt"]}})
+    cfg = OmegaConf.create({"n": 3})
+    calls = []
+
+    def failing(c):
+        (tmp_path / "out.txt").write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        cache.run("make", failing, cfg, [], tmp_path / "store")
+    assert not [p for p in (tmp_path / "store/make").iterdir() if p.is_dir()]  # no entry, no staging folder
+
+    def slow(c):
+        calls.append(1)
+        threading.Event().wait(0.5)  # the second caller arrives while this one works
+        (tmp_path / "out.txt").write_text(str(c.n * 2))
+        return {"value": c.n * 2}
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.run("make", slow, cfg, [], tmp_path / "store")))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert sorted(status for _, status, _ in results) == ["ran", "reused"]
+    assert all(result == {"value": 6} for result, _, _ in results)
+    assert (tmp_path / "out.txt").read_text() == "6"
+
+
+def test_sample_metrics_on_a_hand_made_sample():
+    from pipeline import sample_metrics as sm
+
+    corpus = "the cat sat on the mat. the dog sat."
+    sample = "The cat sat on a log, the cat"
+    words = set(sm.words(corpus))
+    # the, cat, sat, on, a, log, the, cat: 6 of 8 words occur in the corpus ("a" and "log" do not)
+    assert sm.word_in_corpus(sample, words) == pytest.approx(6 / 8)
+    assert sm.distinct_n(sample, 1) == pytest.approx(6 / 8)  # the, cat repeat
+    assert sm.distinct_n(sample, 2) == pytest.approx(6 / 7)  # "the cat" twice
+    assert sm.distinct_n(sample, 4) == pytest.approx(5 / 5)
+    assert sm.distinct_n("one two", 3) == 0.0  # no trigram at all
+    assert sm.longest_copy(sample, corpus) == len("he cat sat on ")  # the capital T is not in the corpus
+    assert sm.longest_copy("xyz", corpus) == 0
+    assert sm.longest_copy(corpus, corpus) == len(corpus)
+
+
+def test_nll_per_char_is_the_models_own_loss_on_each_window():
+    import keras
+    import numpy as np
+
+    from pipeline import sample_metrics as sm
+    from pipeline.generator import Generator
+    from pipeline.model import build_lstm
+
+    keras.utils.set_random_seed(5)
+    model = build_lstm(7, 6)
+    maxlen = 4
+    ids = np.random.default_rng(0).integers(0, 7, 12)
+    context, sample = ids[:2], ids[2:]  # the first windows are shorter than maxlen
+    expected = []
+    for k in range(2, 12):
+        window = ids[max(0, k - maxlen):k][None, :]
+        expected.append(-np.log(float(model(window).numpy()[0, ids[k]])))
+    got = sm.nll_per_char(Generator(model, maxlen), context, sample)
+    assert got == pytest.approx(np.mean(expected), rel=1e-5)
+    with pytest.raises(ValueError, match="context"):
+        sm.nll_per_char(Generator(model, maxlen), ids[:0], sample)
