@@ -1,7 +1,9 @@
 """`python -m pipeline [overrides]`: the whole pipeline, fetch -> vectorize -> train -> sample, in
 one process, configured by Hydra from conf/. With `-m` it is one job per combination of a sweep
 (`python -m pipeline -m sample.temperature=0.2,1.0 vectorize.maxlen=40,60`). Each job works in
-its own folder (outputs/... or multirun/.../<job>) and logs one MLflow run, tagged with its sweep.
+its own folder (outputs/... or multirun/.../<job>) and logs one MLflow run, tagged with its sweep
+and nested under the sweep's parent run (`pipeline.sweep`). Under `hydra/launcher=joblib` each job
+gets cores / n_jobs TensorFlow threads unless `threads` says otherwise.
 The same stage functions as `dvc repro`, on the same validated config. A stage whose params, code
 and upstream results were seen before is not run again: its stored outputs are copied in
 (`pipeline.cache`, under `cache.dir`), and the run's tags say which stages ran and which were reused
@@ -16,7 +18,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pipeline import cache, config, fetch, sample, tracking, train, vectorize
+from pipeline import cache, config, fetch, sample, sweep, tracking, train, vectorize
 
 STAGES = {"fetch": fetch.run, "vectorize": vectorize.run, "train": train.run, "sample": sample.run}
 # What a job logs to its MLflow run for a stage it reused instead of running (fetch and vectorize log nothing).
@@ -42,19 +44,33 @@ def job(raw: DictConfig) -> dict:
         if hc.mode == RunMode.MULTIRUN:
             raw.mlflow.tags["sweep"] = str(Path(hc.runtime.cwd) / hc.sweep.dir)
             raw.mlflow.tags["sweep.job"] = str(hc.job.num)
+        if raw.threads is None and "joblib" in str(hc.launcher.get("_target_", "")).lower():
+            raw.threads = threads_per_job(hc.launcher.n_jobs)
     OmegaConf.resolve(raw)
     cfg = config.validate(raw, config._source(overrides))
     print(f"job folder: {Path.cwd()}")
+    if hc.mode == RunMode.MULTIRUN:
+        parent = sweep.parent_run(sweep.sweep_dir(hc))
+        return run_stages(cfg, parent.get("run_id"), sweep.job_name(overrides, parent.get("swept", [])))
     return run_stages(cfg)
 
 
-def run_stages(cfg) -> dict:
-    """Every stage in order inside one MLflow run, each run or reused from the cache."""
+def threads_per_job(n_jobs: int) -> int:
+    """TensorFlow threads for one of `n_jobs` parallel jobs (joblib's count: -1 is all cores, -2 all
+    but one, ...): the cores shared out, so that the jobs' thread pools do not oversubscribe them."""
+    cores = len(os.sched_getaffinity(0))
+    workers = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
+    return max(1, cores // workers)
+
+
+def run_stages(cfg, parent_run_id: str | None = None, run_name: str | None = None) -> dict:
+    """Every stage in order inside one MLflow run (a child of `parent_run_id` when given), each run
+    or reused from the cache."""
     import mlflow
 
     experiment_id = tracking.connect(tracking.resolve_uri(cfg.mlflow.tracking_uri), cfg.mlflow.experiment)
     results, keys = {}, []
-    with mlflow.start_run(experiment_id=experiment_id):
+    with mlflow.start_run(experiment_id=experiment_id, parent_run_id=parent_run_id, run_name=run_name):
         for name, stage in STAGES.items():
             if cfg.cache.enabled:
                 result, status, key = cache.run(name, stage, cfg, keys, Path(cfg.cache.dir))

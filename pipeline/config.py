@@ -132,6 +132,7 @@ class Cache:
 @dataclass
 class Config:
     seed: int = MISSING
+    threads: Optional[int] = MISSING
     corpus: Corpus = MISSING
     paths: Paths = MISSING
     fetch: Fetch = MISSING
@@ -227,6 +228,7 @@ def validate(raw: DictConfig | dict, source: str = "config") -> DictConfig:
     for key in positive_ints:
         minimum = 0 if key == "seed" else 1
         _check(OmegaConf.select(cfg, key) >= minimum, key, f"must be >= {minimum}, got {OmegaConf.select(cfg, key)}", source)
+    _check(cfg.threads is None or cfg.threads >= 1, "threads", f"must be >= 1 or null, got {cfg.threads}", source)
     v = cfg.vectorize
     _check(0 < v.val_fraction < 1, "vectorize.val_fraction", f"must be in (0, 1), got {v.val_fraction}", source)
     _check(v.max_chars is None or v.max_chars >= 2, "vectorize.max_chars", f"must be >= 2 or null, got {v.max_chars}", source)

@@ -52,6 +52,21 @@ def make_dataset(ids: np.ndarray, maxlen: int, step: int, batch_size: int, shuff
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def limit_threads(n: int) -> None:
+    """At most `n` TensorFlow threads per op and `n` ops at once: parallel jobs sharing a machine then
+    do not fight over its cores. TensorFlow fixes this when it first runs an op, so a process that
+    already ran one (a joblib worker on its second job) keeps what it had, with a warning if it differs."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+    except RuntimeError:
+        if tf.config.threading.get_intra_op_parallelism_threads() != n:
+            print(f"warning: threads={n} not applied: TensorFlow already runs with "
+                  f"{tf.config.threading.get_intra_op_parallelism_threads()} threads in this process", file=sys.stderr)
+
+
 def make_optimizer(name: str, learning_rate: float, clipnorm: float | None = None):
     import keras
 
@@ -129,6 +144,8 @@ def run(cfg) -> dict:
     uri = tracking.resolve_uri(cfg.mlflow.tracking_uri)
     experiment_id = tracking.connect(uri, cfg.mlflow.experiment)
 
+    if cfg.threads:
+        limit_threads(cfg.threads)
     if t.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg.seed)

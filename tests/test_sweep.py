@@ -1,5 +1,8 @@
 """Sweeps that never repeat work: `python -m pipeline -m ...` reuses every stage whose params, code
-and upstream results it has seen, within a sweep and across sweeps, and says so in MLflow."""
+and upstream results it has seen, within a sweep and across sweeps, and says so in MLflow. A sweep
+is one MLflow parent run with its jobs as children, whatever launcher runs them."""
+import csv
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -12,22 +15,62 @@ from pipeline import cache
 SWEEP = ["experiment=tiny", "train.epochs=1", "sample.temperature=0.5,1.0", "vectorize.maxlen=10,20"]
 
 
-def _sweep(workdir, name: str, *extra: str):
+def _launch(workdir, name: str, *args: str, check: bool = True):
+    """`python -m pipeline -m <args>` in `workdir` with its own store; (parent run, child runs)."""
     uri = f"sqlite:///{workdir}/mlflow.db"
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "-m", *SWEEP, *extra, f"mlflow.tracking_uri={uri}",
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "-m", *args, f"mlflow.tracking_uri={uri}",
                            f"hydra.sweep.dir={name}"], cwd=workdir, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.returncode == 0) == check, proc.stderr[-3000:]
     client = mlflow.MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("genlab-textgen").experiment_id],
                               f"tags.sweep = '{workdir / name}'")
+    parents = [r for r in runs if r.data.tags.get("sweep.parent") == "true"]
+    assert len(parents) == 1, [r.info.run_name for r in runs]
+    return parents[0], [r for r in runs if r not in parents]
+
+
+def _sweep(workdir, name: str, *extra: str):
+    parent, runs = _launch(workdir, name, *SWEEP, *extra)
     return runs, Counter((stage, r.data.tags[f"stage.{stage}"]) for r in runs for stage in ("fetch", "vectorize",
                                                                                            "train", "sample"))
 
 
+def _assert_nested_with_summary(workdir, name: str, parent, runs, jobs: int):
+    """Every job a finished child of the sweep's finished parent run, which holds a summary whose
+    rows are the children's own params and metrics, and the two plots."""
+    client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    assert parent.info.status == "FINISHED" and len(runs) == jobs
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert json.loads((workdir / name / "mlflow_parent.json").read_text())["run_id"] == parent.info.run_id
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert logged == {"summary.csv", "summary.json", "val_loss_vs_maxlen.png", "sample_metrics_vs_temperature.png"}
+    for png in ("val_loss_vs_maxlen.png", "sample_metrics_vs_temperature.png"):
+        assert (workdir / name / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader((workdir / name / "summary.csv").open()))
+    by_run = {r.info.run_id: r for r in runs}
+    assert sorted(row["run_id"] for row in rows) == sorted(by_run)  # one temperature per job: one row each
+    for row in rows:
+        child = by_run[row["run_id"]]
+        t = child.data.params["sample.temperature"]
+        assert float(row["temperature"]) == float(t) and row["vectorize.maxlen"] == child.data.params["vectorize.maxlen"]
+        assert float(row["best_val_loss"]) == pytest.approx(child.data.metrics["best_val_loss"])
+        for metric in ("nll_per_char", "word_in_corpus", "distinct_2", "longest_copy"):
+            assert float(row[metric]) == pytest.approx(child.data.metrics[f"sample.{metric}.t{t}"])
+    table = json.loads(mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/summary.json"))
+    assert len(table["data"]) == len(rows) and "nll_per_char" in table["columns"]
+    best = min(runs, key=lambda r: r.data.metrics["best_val_loss"])
+    assert parent.data.metrics["best_val_loss"] == best.data.metrics["best_val_loss"]
+
+
 @pytest.mark.slow
 def test_a_sweep_runs_each_distinct_stage_once_and_a_repeat_runs_nothing(workdir):
-    runs, counts = _sweep(workdir, "first")
-    assert len(runs) == 4
+    parent, runs = _launch(workdir, "first", *SWEEP)
+    _assert_nested_with_summary(workdir, "first", parent, runs, jobs=4)
+    assert sorted(r.info.run_name for r in runs) == sorted(f"sample.temperature={t} vectorize.maxlen={m}"
+                                                           for t in ("0.5", "1.0") for m in ("10", "20"))
+    counts = Counter((stage, r.data.tags[f"stage.{stage}"]) for r in runs
+                     for stage in ("fetch", "vectorize", "train", "sample"))
     # 2 temperatures x 2 maxlens: one corpus, two vectorizations, two models, four sample sets.
     assert counts == {("fetch", "ran"): 1, ("fetch", "reused"): 3, ("vectorize", "ran"): 2, ("vectorize", "reused"): 2,
                       ("train", "ran"): 2, ("train", "reused"): 2, ("sample", "ran"): 4}
@@ -152,3 +195,65 @@ def test_nll_per_char_is_the_models_own_loss_on_each_window():
     assert got == pytest.approx(np.mean(expected), rel=1e-5)
     with pytest.raises(ValueError, match="context"):
         sm.nll_per_char(Generator(model, maxlen), ids[:0], sample)
+
+
+@pytest.mark.slow
+def test_four_jobs_two_at_a_time_lose_nothing_in_one_sqlite_store(workdir):
+    # Two temperatures x two seeds under joblib with 2 workers: two models trained side by side (the
+    # last key varies fastest, so jobs 0 and 1 have different seeds) and four sample sets, all
+    # writing to one fresh SQLite store.
+    parent, runs = _launch(workdir, "par", "experiment=tiny", "train.epochs=2", "sample.temperature=0.5,1.0",
+                           "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    _assert_nested_with_summary(workdir, "par", parent, runs, jobs=4)
+    client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    params = {len(r.data.params) for r in runs}
+    assert len(params) == 1 and params.pop() > 40  # every job logged the whole config
+    for r in runs:
+        assert r.data.params["threads"] == "1"  # 2 cores shared by 2 workers (or 1 each on more cores)
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")] == [1, 2]
+        t = r.data.params["sample.temperature"]
+        files = {a.path for a in client.list_artifacts(r.info.run_id, "sample")}
+        assert files == {f"sample/temperature_{t}.txt", "sample/sample.json"}
+        if r.data.tags["stage.train"] == "ran":
+            assert {a.path for a in client.list_artifacts(r.info.run_id, "model")} >= {"model/model.keras",
+                                                                                        "model/meta.json"}
+            assert len(client.list_artifacts(r.info.run_id, "samples")) == 2  # an epoch's samples per epoch
+    assert Counter(r.data.tags["stage.train"] for r in runs) == {"ran": 2, "reused": 2}
+    # The two trainings overlapped in time: the jobs did run two at a time.
+    trained = sorted((r.info.start_time, r.info.end_time) for r in runs if r.data.tags["stage.train"] == "ran")
+    assert trained[1][0] < trained[0][1]
+
+
+@pytest.mark.slow
+def test_the_submitit_launcher_runs_a_sweep_as_nested_runs(workdir):
+    parent, runs = _launch(workdir, "sub", "experiment=tiny", "train.epochs=1", "sample.temperature=0.5,1.0",
+                           "hydra/launcher=submitit_local")
+    _assert_nested_with_summary(workdir, "sub", parent, runs, jobs=2)
+    assert sorted(r.data.tags["stage.train"] for r in runs) == ["ran", "reused"]
+    assert list((workdir / "sub" / ".submitit").iterdir())  # submitit's own job folders: it did launch them
+
+
+def test_a_failed_job_ends_the_sweeps_parent_run_as_failed(workdir):
+    parent, runs = _launch(workdir, "bad", "experiment=tiny", "vectorize.maxlen=0,10", check=False)
+    assert parent.info.status == "FAILED" and runs == []  # Hydra stops at the first failed job
+
+
+def test_parallel_jobs_share_the_cores_out(monkeypatch):
+    from pipeline.__main__ import threads_per_job
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    assert [threads_per_job(n) for n in (1, 2, 3, 8, 16, -1, -2)] == [8, 4, 2, 1, 1, 1, 1]
+
+
+def test_the_slurm_launcher_config_composes_onto_submitit():
+    from hydra import compose, initialize_config_dir
+
+    from pipeline.config import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.partition, launcher.cpus_per_task, launcher.gpus_per_node) == ("gpu", 8, 1)
+    assert cfg.hydra.callbacks.sweep_run._target_ == "pipeline.sweep.SweepRun"
