@@ -1,4 +1,6 @@
 """`dvc repro` runs what changed and nothing else, in a throwaway git + DVC repository."""
+import csv
+import io
 import os
 import re
 import shutil
@@ -91,3 +93,39 @@ def test_dvc_repro_after_a_kill_resumes_training(repo):
     assert "train: resuming after epoch" in out
     assert (path / "metrics" / "history.csv").read_text().count("\n") == 6
     assert not (path / "checkpoints").exists()
+
+
+def test_dvc_queue_runs_a_grid_of_experiments(repo):
+    """The DVC way of sweeping: `dvc exp run --queue` with comma lists queues the grid, `dvc queue
+    start -j 2` runs it two at a time, `dvc exp show` lists each with its metrics, and DVC's run
+    cache serves a model it trained before instead of training it again."""
+    import time
+
+    path, env = repo
+    assert repro(repo) == ["fetch", "vectorize", "train", "sample"]  # the baseline: maxlen 20
+    _sh(["git", "add", "-A"], path, env)
+    _sh(["git", "commit", "-qm", "baseline"], path, env)
+    dvc = [sys.executable, "-m", "dvc"]
+    out = _sh([*dvc, "exp", "run", "--queue", "-S", "experiment=tiny", "-S", "sample.temperature=0.2,1.0",
+               "-S", "vectorize.maxlen=16,20"], path, env)
+    assert out.count("Queued experiment") == 4
+    _sh([*dvc, "queue", "start", "-j", "2"], path, env)
+    try:
+        deadline = time.time() + 600
+        while re.search(r"\b(Queued|Running)\b", status := _sh([*dvc, "queue", "status"], path, env)):
+            assert time.time() < deadline, status
+            time.sleep(2)
+    finally:
+        _sh([*dvc, "queue", "stop", "--kill"], path, env)
+    assert status.count("Success") == 4, status
+    shown = subprocess.run([*dvc, "exp", "show", "--csv"], cwd=path, env=env, capture_output=True, text=True, check=True)
+    rows = list(csv.DictReader(io.StringIO(shown.stdout)))
+    grid = {(r["sample.temperature"], r["vectorize.maxlen"]): r for r in rows if r["Experiment"]}
+    assert set(grid) == {(t, m) for t in ("0.2", "1.0") for m in ("16", "20")}
+    for (t, m), r in grid.items():
+        assert float(r["best_val_loss"]) > 0 and float(r[f"metrics.{t}.nll_per_char"]) > 0
+    assert grid[("0.2", "16")]["best_val_loss"] == grid[("1.0", "16")]["best_val_loss"]  # one model per maxlen
+    # The run cache now holds the maxlen-16 model: a new temperature for it trains nothing.
+    out = _sh([*dvc, "exp", "run", "-S", "experiment=tiny", "-S", "sample.temperature=0.7",
+               "-S", "vectorize.maxlen=16"], path, env)
+    assert _ran(out) == ["sample"] and "Stage 'train' is cached - skipping run" in out

@@ -30,7 +30,7 @@ def _launch(workdir, name: str, *args: str, check: bool = True):
 
 
 def _sweep(workdir, name: str, *extra: str):
-    parent, runs = _launch(workdir, name, *SWEEP, *extra)
+    _, runs = _launch(workdir, name, *SWEEP, *extra)
     return runs, Counter((stage, r.data.tags[f"stage.{stage}"]) for r in runs for stage in ("fetch", "vectorize",
                                                                                            "train", "sample"))
 
