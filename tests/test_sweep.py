@@ -234,8 +234,15 @@ def test_the_submitit_launcher_runs_a_sweep_as_nested_runs(workdir):
 
 
 def test_a_failed_job_ends_the_sweeps_parent_run_as_failed(workdir):
-    parent, runs = _launch(workdir, "bad", "experiment=tiny", "vectorize.maxlen=0,10", check=False)
-    assert parent.info.status == "FAILED" and runs == []  # Hydra stops at the first failed job
+    # Hydra runs the whole batch of jobs, then fails the sweep: the parent run ends FAILED, with a
+    # summary of the job that did finish.
+    parent, runs = _launch(workdir, "bad", "experiment=tiny", "train.epochs=1", "vectorize.maxlen=0,10", check=False)
+    assert parent.info.status == "FAILED"
+    assert [(r.info.run_name, r.info.status) for r in runs] == [("vectorize.maxlen=10", "FINISHED")]
+    rows = list(csv.DictReader((workdir / "bad" / "summary.csv").open()))
+    # The job sampled at the default four temperatures: a row for each.
+    assert [(row["run_id"], float(row["temperature"])) for row in rows] == [(runs[0].info.run_id, t)
+                                                                            for t in (0.2, 0.5, 1.0, 1.2)]
 
 
 def test_parallel_jobs_share_the_cores_out(monkeypatch):
