@@ -3,12 +3,14 @@ corpus and model size: vectorize, training, generation, and a no-op `dvc repro`.
 
     python bench/compare.py            # a table: figure, book, genlab, ratio, target, met
     python bench/compare.py --json     # one JSON object per figure instead
-    python bench/compare.py --reps 5 --train-reps 2
+    python bench/compare.py --reps 5 --train-reps 3
 
 Every measurement runs in a fresh process of its own (so peak RSS is that side's alone) and times
-only the work, after imports and any warm-up. Cheap figures are the median of --reps runs, whole
-training epochs the median of --train-reps. Needs the Nietzsche corpus: $GENLAB_DATA_DIR or
-data/raw/nietzsche.txt. Takes about 8 minutes on a 2-core CPU.
+only the work, after imports and any warm-up. Cheap figures are the median of --reps runs; the
+whole batch-128 training epoch the median of --train-reps runs per side, book and genlab taken in
+turn; the batch-512 epochs (reported, no target) one run each. Needs the Nietzsche corpus:
+$GENLAB_DATA_DIR or data/raw/nietzsche.txt. Takes about 9 minutes on a 2-core CPU (each extra
+--train-reps adds about 2.5).
 """
 from __future__ import annotations
 
@@ -105,7 +107,10 @@ def child_train(side: str, batch: int, jit: bool) -> dict:
             "loss": float(np.asarray(history.history["loss"][-1]))}
 
 
-def child_generate(side: str, mode: str, temps: int, length: int) -> dict:
+def child_generate(side: str, length: int) -> dict:
+    """Characters per second of one stream and of 4 temperatures at once: the book's loop (window
+    mode only: `predict` on the last maxlen characters), or genlab's generator in both modes (all four
+    figures in this one process, each after its own warm-up). Flat keys: <mode>_<streams>_<what>."""
     import keras
     import numpy as np
 
@@ -113,6 +118,7 @@ def child_generate(side: str, mode: str, temps: int, length: int) -> dict:
     text = _corpus().read_text(encoding="utf-8").lower()
     chars = sorted(set(text))
     seed_text = text[1000:1000 + MAXLEN]
+    out = {}
     if side == "book":
         from bench import book_reference as book
 
@@ -120,19 +126,23 @@ def child_generate(side: str, mode: str, temps: int, length: int) -> dict:
         index = {c: i for i, c in enumerate(chars)}
         book.generate(model, seed_text, chars, index, MAXLEN, 2, 0.5)  # warm-up: the first predict traces
         started = time.perf_counter()
-        for t in [0.2, 0.5, 1.0, 1.2][:temps]:
-            book.generate(model, seed_text, chars, index, MAXLEN, length, t)
-    else:
-        from pipeline.generator import Generator
-        from pipeline.model import MODELS
+        book.generate(model, seed_text, chars, index, MAXLEN, length, 0.5)
+        seconds = time.perf_counter() - started
+        return {"window_1_chars_per_second": length / seconds, "window_1_seconds_per_stream_char": seconds / length}
+    from pipeline.generator import Generator
+    from pipeline.model import MODELS
 
-        gen = Generator(MODELS["lstm"](len(chars), UNITS), MAXLEN)
-        prompt = np.array([chars.index(c) for c in seed_text])
-        gen.generate(prompt, [0.5], 5, np.random.default_rng(0), mode=mode)  # warm-up
-        started = time.perf_counter()
-        gen.generate(prompt, [0.2, 0.5, 1.0, 1.2][:temps], length, np.random.default_rng(0), mode=mode)
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "chars_per_second": temps * length / seconds, "seconds_per_stream_char": seconds / length}
+    gen = Generator(MODELS["lstm"](len(chars), UNITS), MAXLEN)
+    prompt = np.array([chars.index(c) for c in seed_text])
+    for mode in ("stateful", "window"):
+        for temps in (1, 4):
+            gen.generate(prompt, [0.5] * temps, 5, np.random.default_rng(0), mode=mode)  # warm-up
+            started = time.perf_counter()
+            gen.generate(prompt, [0.2, 0.5, 1.0, 1.2][:temps], length, np.random.default_rng(0), mode=mode)
+            seconds = time.perf_counter() - started
+            out[f"{mode}_{temps}_chars_per_second"] = temps * length / seconds
+            out[f"{mode}_{temps}_seconds_per_stream_char"] = seconds / length
+    return out
 
 
 def child_dvc_noop(reps: int) -> dict:
@@ -168,17 +178,31 @@ CHILDREN = {"vectorize": child_vectorize, "train": child_train, "generate": chil
 
 # --- parent -------------------------------------------------------------------------------------
 
+def _child(name: str, *args) -> dict:
+    """One measurement in a fresh process."""
+    proc = subprocess.run([sys.executable, __file__, "--child", name, *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if proc.returncode != 0:
+        sys.exit(f"error: {name} {args} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"  {name} {' '.join(map(str, args))}: {result}", file=sys.stderr, flush=True)
+    return result
+
+
+def _median(runs: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
 def measure(reps: int, name: str, *args) -> dict:
     """Median of `reps` fresh processes; `peak_mib` is the median peak RSS."""
-    runs = []
-    for _ in range(reps):
-        proc = subprocess.run([sys.executable, __file__, "--child", name, *map(str, args)], cwd=ROOT,
-                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        if proc.returncode != 0:
-            sys.exit(f"error: {name} {args} failed:\n{proc.stderr[-3000:]}")
-        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"  {name} {' '.join(map(str, args))}: {runs[-1]}", file=sys.stderr, flush=True)
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    return _median([_child(name, *args) for _ in range(reps)])
+
+
+def measure_pair(reps: int, name: str, book_args: tuple, genlab_args: tuple) -> tuple[dict, dict]:
+    """The book's and genlab's runs taken in turn (book, genlab, book, genlab, ...), so that a slow
+    spell of the machine falls on both sides; the median of each side."""
+    runs = [(_child(name, *book_args), _child(name, *genlab_args)) for _ in range(reps)]
+    return _median([b for b, _ in runs]), _median([g for _, g in runs])
 
 
 def machine() -> str:
@@ -193,7 +217,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="one JSON object per figure")
     parser.add_argument("--reps", type=int, default=3, help="repetitions of the cheap figures (median)")
-    parser.add_argument("--train-reps", type=int, default=1, help="repetitions of each whole training epoch (median)")
+    parser.add_argument("--train-reps", type=int, default=2,
+                        help="repetitions of the batch-128 training epoch, book and genlab in turn (median)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -223,7 +248,7 @@ def main() -> None:
         vb["peak_mib"] / vg["peak_mib"] >= 10, "MiB")
 
     tr = args.train_reps
-    tb, tg = measure(tr, "train", "book", 128, False), measure(tr, "train", "genlab", 128, False)
+    tb, tg = measure_pair(tr, "train", ("book", 128, False), ("genlab", 128, False))
     ratio = tg["samples_per_second"] / tb["samples_per_second"]
     add("train samples/s, batch 128, whole fit()", tb["samples_per_second"], tg["samples_per_second"], ratio,
         ">= 1.2x", ratio >= 1.2, "samples/s")
@@ -232,21 +257,19 @@ def main() -> None:
     add("loss after 1 epoch, batch 128", tb["loss"], tg["loss"], tg["loss"] / tb["loss"], "within noise (|diff| <= 0.05)",
         abs(tg["loss"] - tb["loss"]) <= 0.05, "nats")
     for jit in (False, True):
-        t5 = measure(tr, "train", "genlab", 512, jit)
+        t5 = measure(1, "train", "genlab", 512, jit)  # reported, no target: one epoch each
         label = f"batch 512{' + jit_compile' if jit else ''}"
         add(f"train samples/s, {label} (vs book at 128)", tb["samples_per_second"], t5["samples_per_second"],
             t5["samples_per_second"] / tb["samples_per_second"], "report", None, "samples/s")
         add(f"loss after 1 epoch, {label}", tb["loss"], t5["loss"], t5["loss"] / tb["loss"], "report", None, "nats")
 
     book_len, gen_len = 40, 2000
-    gb = measure(r, "generate", "book", "window", 1, book_len)
+    gb, gg = measure(r, "generate", "book", book_len), measure(r, "generate", "genlab", gen_len)
     for mode, target in (("stateful", 1000), ("window", 30)):
-        g1 = measure(r, "generate", "genlab", mode, 1, gen_len)
-        g4 = measure(r, "generate", "genlab", mode, 4, gen_len)
-        ratio = g1["chars_per_second"] / gb["chars_per_second"]
-        add(f"generate chars/s, one stream, {mode} mode", gb["chars_per_second"], g1["chars_per_second"], ratio,
-            f">= {target}x", ratio >= target, "chars/s")
-        cost = g4["seconds_per_stream_char"] / g1["seconds_per_stream_char"]
+        ratio = gg[f"{mode}_1_chars_per_second"] / gb["window_1_chars_per_second"]
+        add(f"generate chars/s, one stream, {mode} mode", gb["window_1_chars_per_second"],
+            gg[f"{mode}_1_chars_per_second"], ratio, f">= {target}x", ratio >= target, "chars/s")
+        cost = gg[f"{mode}_4_seconds_per_stream_char"] / gg[f"{mode}_1_seconds_per_stream_char"]
         add(f"4 temperatures / 1 temperature, time, {mode} mode", None, cost, cost, "<= 1.5", cost <= 1.5, "x")
 
     noop = measure(1, "dvc_noop", r)  # one throwaway repository, the median of r no-op repros
@@ -257,7 +280,7 @@ def main() -> None:
             print(json.dumps(f))
         return
     print(f"machine: {machine()}")
-    print(f"corpus: {_corpus()} (maxlen {MAXLEN}, step {STEP}, LSTM({UNITS})); medians of {r} runs, {tr} for training")
+    print(f"corpus: {_corpus()} (maxlen {MAXLEN}, step {STEP}, LSTM({UNITS})); medians of {r} runs, {tr} per side for training at batch 128")
     fmt = lambda v: "-" if v is None else f"{v:,.4g}"  # noqa: E731
     rows = [("figure", "book", "genlab", "ratio", "target", "met")] + [
         (f["figure"] + f" [{f['unit']}]", fmt(f["book"]), fmt(f["genlab"]), fmt(f["ratio"]), f["target"],
