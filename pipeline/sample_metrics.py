@@ -58,6 +58,10 @@ def longest_copy(sample: str, corpus: str) -> int:
     return best
 
 
+# The names `measure` returns, in order (the sweep summary's columns).
+NAMES = ("nll_per_char", "word_in_corpus", "distinct_1", "distinct_2", "distinct_3", "distinct_4", "longest_copy")
+
+
 def measure(generator, context_ids, sample_ids, sample: str, corpus: str, corpus_words: set[str]) -> dict:
     return {"nll_per_char": nll_per_char(generator, context_ids, sample_ids),
             "word_in_corpus": word_in_corpus(sample, corpus_words),

@@ -20,10 +20,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from pipeline import artifacts, tracking
+from pipeline.sample_metrics import NAMES as SAMPLE_METRICS
 
 PARENT_FILE = "mlflow_parent.json"
-SAMPLE_METRICS = ("nll_per_char", "word_in_corpus", "distinct_1", "distinct_2", "distinct_3", "distinct_4",
-                  "longest_copy")
 MODEL_METRICS = ("best_val_loss", "best_val_bpc")
 
 
@@ -51,13 +50,12 @@ class SweepRun(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         import mlflow
+        from hydra.core.override_parser.overrides_parser import OverridesParser
 
         self.folder = sweep_dir(config.hydra)
         uri = tracking.resolve_uri(config.mlflow.tracking_uri, Path(config.hydra.runtime.cwd))
         experiment_id = tracking.connect(uri, config.mlflow.experiment)  # a bad store stops the sweep here
         self.client = mlflow.MlflowClient(uri)
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
         overrides = list(config.hydra.overrides.task)
         swept = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
         run = self.client.create_run(experiment_id, run_name=f"sweep {self.folder.name}",
@@ -122,9 +120,10 @@ def summarize(client, run_id: str, children, folder: Path) -> list[dict]:
     artifacts.write_text(folder / "summary.csv", out.getvalue())
     client.log_artifact(run_id, str(folder / "summary.csv"))
     client.log_table(run_id, {k: [r[k] for r in rows] for k in columns}, "summary.json")
-    import matplotlib.pyplot as plt
+    figures = plots(rows)
+    import matplotlib.pyplot as plt  # after plots() chose the Agg backend
 
-    for name, figure in plots(rows).items():
+    for name, figure in figures.items():
         with artifacts.atomic_path(folder / name) as tmp:
             figure.savefig(tmp, dpi=100)
         plt.close(figure)
@@ -150,14 +149,14 @@ def plots(rows: list[dict]) -> dict:
     # The params that vary: maxlen and whatever else was swept besides the temperature.
     others = [k for k in rows[0] if k not in fixed]
 
-    def label(row):
-        return ", ".join(f"{k.rsplit('.', 1)[-1]}={row[k]}" for k in others if k != "vectorize.maxlen") or "all jobs"
+    def label(row, skip=()):
+        return ", ".join(f"{k.rsplit('.', 1)[-1]}={row[k]}" for k in others if k not in skip) or "all jobs"
 
     loss, ax = plt.subplots(figsize=(5, 3.5))
     models = {}
     for r in rows:
         if r["best_val_loss"] is not None:
-            models.setdefault(label(r), {})[r["vectorize.maxlen"]] = r["best_val_loss"]
+            models.setdefault(label(r, skip=("vectorize.maxlen",)), {})[r["vectorize.maxlen"]] = r["best_val_loss"]
     for name, points in sorted(models.items()):
         xs = sorted(points)
         ax.plot(xs, [points[x] for x in xs], "o-", label=name)
@@ -169,8 +168,7 @@ def plots(rows: list[dict]) -> dict:
     lines = {}
     for r in rows:
         if r["temperature"] is not None:
-            key = ", ".join(f"{k.rsplit('.', 1)[-1]}={r[k]}" for k in others) or "all jobs"
-            lines.setdefault(key, []).append(r)
+            lines.setdefault(label(r), []).append(r)
     for ax, metric in zip(axes.flat, SAMPLE_METRICS):
         for name, line in sorted(lines.items()):
             line = sorted(line, key=lambda r: r["temperature"])

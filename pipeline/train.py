@@ -50,7 +50,7 @@ def make_dataset(ids: np.ndarray, maxlen: int, step: int, batch_size: int, shuff
         lambda s: (tf.gather(table, s[:, None] + offsets), tf.gather(table, s + maxlen)))
     # A batch is one small gather: one input thread and two batches ahead keep the model fed. tf.data's
     # autotuner and its own thread pool instead competed with the training threads for the cores
-    # (on 2 cores, whole epochs took 55 s or 83 s at random; with this, 56-59 s every time).
+    # (on 2 cores, whole epochs took 57 s or 83 s at random; with this, 55-59 s in 7 of 7 runs).
     options = tf.data.Options()
     options.autotune.enabled = False
     options.threading.private_threadpool_size = 1
