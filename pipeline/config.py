@@ -62,9 +62,37 @@ class Vectorize:
 
 
 @dataclass
-class Model:
+class LstmModel:
+    """conf/model/lstm.yaml, the book's model."""
     name: str = MISSING
     units: int = MISSING
+
+
+@dataclass
+class RnnModel:
+    """conf/model/stacked_lstm.yaml and gru.yaml."""
+    name: str = MISSING
+    units: int = MISSING
+    layers: int = MISSING
+    dropout: float = MISSING
+    embedding: Optional[int] = MISSING
+
+
+@dataclass
+class ConvModel:
+    """conf/model/conv1d.yaml."""
+    name: str = MISSING
+    channels: int = MISSING
+    kernel_size: int = MISSING
+    dilations: list[int] = MISSING
+    dropout: float = MISSING
+    embedding: Optional[int] = MISSING
+
+
+# model.name -> the keys its section holds: each family is checked against its own schema.
+MODEL_SCHEMAS = {"lstm": LstmModel, "stacked_lstm": RnnModel, "gru": RnnModel, "conv1d": ConvModel}
+# Generation modes each family supports: a convnet has no recurrent state to carry.
+FAMILY_MODES = {"conv1d": ("window",)}
 
 
 @dataclass
@@ -137,7 +165,7 @@ class Config:
     paths: Paths = MISSING
     fetch: Fetch = MISSING
     vectorize: Vectorize = MISSING
-    model: Model = MISSING
+    model: Any = MISSING  # one of MODEL_SCHEMAS, chosen by model.name
     train: Train = MISSING
     sample: Sample = MISSING
     mlflow: Mlflow = MISSING
@@ -203,11 +231,27 @@ def _check_unknown_chars(policy: str, replacement: str, prefix: str, source: str
     _check(len(replacement) == 1, f"{prefix}replacement", f"must be one character, got {replacement!r}", source)
 
 
+def _check_model(m, source: str) -> None:
+    if "dropout" in m:
+        _check(0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1), got {m.dropout}", source)
+    if "embedding" in m:
+        _check(m.embedding is None or m.embedding >= 1, "model.embedding", f"must be >= 1 or null, got {m.embedding}", source)
+    if "kernel_size" in m:
+        _check(m.kernel_size >= 2, "model.kernel_size", f"must be >= 2, got {m.kernel_size}", source)
+        _check(len(m.dilations) > 0 and all(d >= 1 for d in m.dilations), "model.dilations",
+               f"must be a non-empty list of integers >= 1, got {list(m.dilations)}", source)
+
+
 def _merge(schema, raw, source: str) -> DictConfig:
     """`raw` merged into the dataclass `schema`: unknown keys, wrong types and missing values are
     errors that name the key."""
+    base = OmegaConf.structured(schema)
+    if schema is Config:
+        name = OmegaConf.select(OmegaConf.create(raw) if isinstance(raw, dict) else raw, "model.name", default=None)
+        _check(name in MODEL_SCHEMAS, "model.name", f"must be one of {tuple(MODEL_SCHEMAS)}, got {name!r}", source)
+        base.model = OmegaConf.structured(MODEL_SCHEMAS[name])
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(schema), raw)
+        cfg = OmegaConf.merge(base, raw)
         missing = sorted(OmegaConf.missing_keys(cfg))
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
@@ -223,8 +267,9 @@ def validate(raw: DictConfig | dict, source: str = "config") -> DictConfig:
     and return a read-only config. `source` names the file or command in error messages."""
     cfg = _merge(Config, raw, source)
 
-    positive_ints = ["seed", "vectorize.maxlen", "vectorize.step", "model.units", "train.batch_size",
-                     "train.steps_per_execution", "train.epochs", "train.epoch_samples.length", "sample.length"]
+    positive_ints = ["seed", "vectorize.maxlen", "vectorize.step", "train.batch_size",
+                     "train.steps_per_execution", "train.epochs", "train.epoch_samples.length", "sample.length",
+                     *(f"model.{k}" for k in ("units", "layers", "channels") if k in cfg.model)]
     for key in positive_ints:
         minimum = 0 if key == "seed" else 1
         _check(OmegaConf.select(cfg, key) >= minimum, key, f"must be >= {minimum}, got {OmegaConf.select(cfg, key)}", source)
@@ -254,7 +299,11 @@ def validate(raw: DictConfig | dict, source: str = "config") -> DictConfig:
     _check_temperatures(_as_list(s.temperature), "sample.temperature", source)
     _check(s.mode in MODES, "sample.mode", f"must be one of {MODES}, got {s.mode!r}", source)
     _check_unknown_chars(s.unknown_chars, s.replacement, "sample.", source)
-    _check(cfg.model.name in ("lstm",), "model.name", f"must be one of ('lstm',), got {cfg.model.name!r}", source)
+    _check_model(cfg.model, source)
+    modes = FAMILY_MODES.get(cfg.model.name, MODES)
+    for key in ("train.epoch_samples.mode", "sample.mode"):
+        _check(OmegaConf.select(cfg, key) in modes, key,
+               f"must be one of {modes} for model {cfg.model.name}, got {OmegaConf.select(cfg, key)!r}", source)
     c = cfg.corpus
     _check(c.path is not None or c.url is not None, "corpus", "needs a url or a path", source)
     _check(c.sha256 is None or (len(c.sha256) == 64 and all(ch in "0123456789abcdef" for ch in c.sha256)),

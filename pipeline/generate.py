@@ -48,7 +48,7 @@ def run(cfg, out=None) -> dict:
     """Generate `num_samples` texts at each temperature; print or write them. Each text has its
     own random generator, seeded from `seed` and its position, so streaming one text at a time
     and generating all of them in one batch give the same texts."""
-    from pipeline.generator import Generator
+    from pipeline.generator import for_model
 
     out = out or sys.stdout
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,7 +60,9 @@ def run(cfg, out=None) -> dict:
     prompt = decode(prompt_ids, vocab)
     streams = [(t, k) for t in temperatures(cfg.temperature) for k in range(cfg.num_samples)]
     rngs = [np.random.default_rng([cfg.seed, i]) for i in range(len(streams))]
-    gen = Generator(model, meta["maxlen"])
+    gen = for_model(model, meta["maxlen"])
+    if cfg.mode not in gen.modes:
+        raise SampleError(f"mode={cfg.mode}: the {meta.get('model', model.name)} model generates in {gen.modes} only")
     stream = cfg.stream if cfg.stream is not None else (cfg.output is None and out.isatty())
 
     started = time.perf_counter()

@@ -1,8 +1,9 @@
 """Generating text from a trained model, fast, with the book's temperature sampling.
 
 `sample_next` is the book's formula (log p / T, renormalise, draw) made safe: it never returns
-NaN for zero probabilities or tiny temperatures. `Generator` runs the trained LSTM in numpy one
-character at a time, for several streams at once (one per temperature), in one of two modes:
+NaN for zero probabilities or tiny temperatures. `Generator` runs a trained recurrent model
+(LSTM or GRU layers) in numpy one character at a time, for several streams at once (one per
+temperature), in one of two modes:
 
 - window (the book's semantics): each next character is predicted from the last `maxlen`
   characters, recomputed from a zero state, exactly `model(window)`;
@@ -11,7 +12,9 @@ character at a time, for several streams at once (one per temperature), in one o
   on the whole history instead of the last maxlen characters.
 
 Calling `model.predict` once per character, as the book does, spends nearly all its time in
-per-call overhead; the numpy cell gives the same probabilities (to float32 rounding).
+per-call overhead; the numpy cells give the same probabilities (to float32 rounding). Models
+without a recurrent state (conv1d) get `WindowGenerator`: one compiled forward pass per
+character, window mode only. `for_model` picks the right one.
 
 Randomness is explicit: one `numpy.random.Generator` for all streams, or one per stream, in
 which case each stream's text depends only on its own generator, not on what it was batched with.
@@ -73,90 +76,52 @@ def sample_logits(logits, temperature, rng) -> np.ndarray:
     return (cdf < x[:, None]).sum(axis=-1)
 
 
-class Generator:
-    """Numpy inference for the `lstm` family: the trained weights, no Keras call per character."""
+class Sampler:
+    """The sampling loop shared by the generators: `stream` and `generate` over a subclass's
+    `window_logits(windows)` (the window mode) and, where the family has a recurrent state,
+    `run(windows, state)` / `step(ids, state)` / `logits(h)` (the stateful mode)."""
 
-    def __init__(self, model, maxlen: int):
-        emb = model.get_layer("one_hot").get_weights()[0]
-        kernel, recurrent, bias = model.get_layer("lstm").get_weights()
-        u = recurrent.shape[0]
-        # Keras orders the gates i, f, c, o; reorder to i, f, o, c so that one sigmoid covers the
-        # three contiguous gates. The one-hot row lookup replaces x @ W, and the bias is folded in.
-        # The three sigmoid gates are pre-scaled by 0.5 (exact in floating point), since
-        # sigmoid(x) = 0.5 * tanh(x / 2) + 0.5: one in-place tanh then covers all four gates.
-        order = np.r_[0:2 * u, 3 * u:4 * u, 2 * u:3 * u]
-        scale = np.r_[np.full(3 * u, 0.5), np.ones(u)].astype(np.float32)
-        # C order: fancy indexing leaves Fortran order, which makes small batched matmuls 10x slower.
-        # Transposed, (gates, batch): each gate is then one contiguous block, not a strided column
-        # slice per row, which halves the cost of a step for 4 streams.
-        self.input_proj = np.ascontiguousarray((((emb @ kernel) + bias)[:, order] * scale).T, dtype=np.float32)
-        self.recurrent = np.ascontiguousarray((recurrent[:, order] * scale).T, dtype=np.float32)
-        self.dense_w, self.dense_b = (np.ascontiguousarray(w, dtype=np.float32) for w in model.get_layer("next_char").get_weights())
-        self.units = u
-        self.maxlen = maxlen
+    modes = MODES
+    maxlen: int
+    vocab_size: int
 
-    def zero_state(self, batch: int):
-        """(h, c), each stored transposed as (units, batch)."""
-        return (np.zeros((self.units, batch), np.float32), np.zeros((self.units, batch), np.float32))
-
-    def step(self, ids: np.ndarray, state):
-        """One LSTM cell update for a batch of character ids (Keras's equations, gates reordered).
-        Returns the output h as (batch, units) and the new state."""
-        h, c = state
-        u = self.units
-        z = self.recurrent @ h
-        z += self.input_proj.take(ids, axis=1)  # take: a quarter of the cost of fancy indexing
-        np.tanh(z, out=z)  # in place, no temporaries: this loop runs once per character per window position
-        gates = z[:3 * u]
-        gates *= 0.5
-        gates += 0.5
-        c = gates[u:2 * u] * c + gates[:u] * z[3 * u:]
-        h = gates[2 * u:] * np.tanh(c)
-        return h.T, (h, c)
-
-    def logits(self, h: np.ndarray) -> np.ndarray:
-        return h @ self.dense_w + self.dense_b
-
-    def probs(self, h: np.ndarray) -> np.ndarray:
-        logits = self.logits(h)
-        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return e / e.sum(axis=-1, keepdims=True)
-
-    def run(self, windows: np.ndarray, state=None):
-        """Feed (batch, time) ids from `state` (zero by default); return the last output and state."""
-        state = state if state is not None else self.zero_state(len(windows))
-        h = state[0].T
-        for t in range(windows.shape[1]):
-            h, state = self.step(windows[:, t], state)
-        return h, state
+    def window_logits(self, windows: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
     def window_probs(self, windows: np.ndarray) -> np.ndarray:
         """`model(windows)` for (batch, time) ids: the next-character distribution."""
-        return self.probs(self.run(np.asarray(windows))[0])
+        logits = self.window_logits(np.asarray(windows))
+        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
 
     def stream(self, prompt_ids, temperatures, length: int, rng, mode: str = "window",
                greedy: bool = False) -> Iterator[np.ndarray]:
         """Yield, `length` times, the next id of each stream (one per temperature) as it is drawn.
         `rng`: one generator for all streams or one per stream."""
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode not in self.modes:
+            raise ValueError(f"mode must be one of {self.modes} for this model ({self.family}), got {mode!r}")
         temps = np.asarray(temperatures, dtype=np.float64)
         prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(-1)
         # The window mode sees the last maxlen characters; the stateful mode reads the whole prompt.
         streams = np.tile(prompt[-self.maxlen:] if mode == "window" else prompt, (len(temps), 1))
-        h, state = self.run(streams)
+        if mode == "stateful":
+            h, state = self.run(streams)
+            logits = self.logits(h)
+        else:
+            logits = self.window_logits(streams)
         streams = streams[:, -self.maxlen:]
         for k in range(length):
-            logits = self.logits(h)  # sampling from logits skips a softmax per character
+            # Sampling from logits skips a softmax per character.
             nxt = logits.argmax(axis=-1) if greedy else sample_logits(logits, temps, rng)
             yield nxt
             if k + 1 == length:
                 break
             if mode == "stateful":
                 h, state = self.step(nxt, state)
+                logits = self.logits(h)
             else:
                 streams = np.concatenate([streams, nxt[:, None]], axis=1)[:, -self.maxlen:]
-                h, _ = self.run(streams)
+                logits = self.window_logits(streams)
 
     def generate(self, prompt_ids, temperatures, length: int, rng, mode: str = "window",
                  greedy: bool = False, progress: bool = False) -> np.ndarray:
@@ -172,6 +137,173 @@ class Generator:
         if bar:
             bar.close()
         return out
+
+
+class Unsupported(ValueError):
+    """The model has a layer the numpy generator does not implement."""
+
+
+class _LstmLayer:
+    """Keras's LSTM equations on (features, batch) arrays. Keras orders the gates i, f, c, o; they
+    are reordered to i, f, o, c so that the three sigmoid gates are contiguous, and pre-scaled by 0.5
+    (exact in floating point), since sigmoid(x) = 0.5 * tanh(x / 2) + 0.5: one in-place tanh then
+    covers all four gates."""
+
+    def __init__(self, kernel, recurrent, bias, table=None):
+        u = self.units = recurrent.shape[0]
+        order = np.r_[0:2 * u, 3 * u:4 * u, 2 * u:3 * u]
+        scale = np.r_[np.full(3 * u, 0.5), np.ones(u)].astype(np.float32)
+        # C order: fancy indexing leaves Fortran order, which makes small batched matmuls 10x slower.
+        # Transposed, (gates, batch): each gate is then one contiguous block, not a strided column
+        # slice per row, which halves the cost of a step for 4 streams.
+        self.recurrent = np.ascontiguousarray((recurrent[:, order] * scale).T, dtype=np.float32)
+        if table is not None:  # the first layer: an embedding row lookup replaces x @ W, bias folded in
+            self.input_proj = np.ascontiguousarray((((table @ kernel) + bias)[:, order] * scale).T, dtype=np.float32)
+        else:
+            self.kernel = np.ascontiguousarray((kernel[:, order] * scale).T, dtype=np.float32)
+            self.bias = np.ascontiguousarray((bias[order] * scale)[:, None], dtype=np.float32)
+
+    def zero_state(self, batch: int):
+        return (np.zeros((self.units, batch), np.float32), np.zeros((self.units, batch), np.float32))
+
+    def step(self, x: np.ndarray, state):
+        """`x`: ids (batch,) for the first layer, else the layer below's output (features, batch)."""
+        h, c = state
+        u = self.units
+        z = self.recurrent @ h
+        if x.ndim == 1:
+            z += self.input_proj.take(x, axis=1)  # take: a quarter of the cost of fancy indexing
+        else:
+            z += self.kernel @ x
+            z += self.bias
+        np.tanh(z, out=z)  # in place, no temporaries: this runs once per character per window position
+        gates = z[:3 * u]
+        gates *= 0.5
+        gates += 0.5
+        c = gates[u:2 * u] * c + gates[:u] * z[3 * u:]
+        h = gates[2 * u:] * np.tanh(c)
+        return h, (h, c)
+
+
+class _GruLayer:
+    """Keras 3's GRU (reset_after=True): gates z, r and the candidate, with separate input and
+    recurrent biases; h = z * h_prev + (1 - z) * tanh(x_h + r * (U_h h_prev + b_h))."""
+
+    def __init__(self, kernel, recurrent, bias, table=None):
+        u = self.units = recurrent.shape[0]
+        bias = np.asarray(bias).reshape(2, 3 * u)
+        self.recurrent = np.ascontiguousarray(recurrent.T, dtype=np.float32)
+        self.recurrent_bias = np.ascontiguousarray(bias[1][:, None], dtype=np.float32)
+        if table is not None:
+            self.input_proj = np.ascontiguousarray(((table @ kernel) + bias[0]).T, dtype=np.float32)
+        else:
+            self.kernel = np.ascontiguousarray(kernel.T, dtype=np.float32)
+            self.bias = np.ascontiguousarray(bias[0][:, None], dtype=np.float32)
+
+    def zero_state(self, batch: int):
+        return (np.zeros((self.units, batch), np.float32),)
+
+    def step(self, x: np.ndarray, state):
+        (h,) = state
+        u = self.units
+        xp = self.input_proj.take(x, axis=1) if x.ndim == 1 else self.kernel @ x + self.bias
+        hp = self.recurrent @ h + self.recurrent_bias
+        zr = xp[:2 * u] + hp[:2 * u]
+        zr *= 0.5
+        np.tanh(zr, out=zr)
+        zr *= 0.5
+        zr += 0.5  # sigmoid, as 0.5 * tanh(x / 2) + 0.5
+        z, r = zr[:u], zr[u:]
+        candidate = np.tanh(xp[2 * u:] + r * hp[2 * u:])
+        h = z * h + (1.0 - z) * candidate
+        return h, (h,)
+
+
+class Generator(Sampler):
+    """Numpy inference for the recurrent families (lstm, stacked_lstm, gru): the trained weights,
+    no Keras call per character, both modes. Dropout is the identity at inference."""
+
+    def __init__(self, model, maxlen: int):
+        import keras
+
+        layers = [la for la in model.layers if not isinstance(la, (keras.layers.InputLayer, keras.layers.Dropout))]
+        embedding, *cells, dense = layers
+        if not (isinstance(embedding, keras.layers.Embedding) and isinstance(dense, keras.layers.Dense) and cells
+                and all(type(c) in (keras.layers.LSTM, keras.layers.GRU) for c in cells)):
+            raise Unsupported(f"model {model.name!r}: the numpy generator runs an embedding, LSTM/GRU layers and a "
+                              f"dense softmax, not {[type(la).__name__ for la in layers]}")
+        table = embedding.get_weights()[0]
+        self.layers = []
+        for k, cell in enumerate(cells):
+            kind = _LstmLayer if isinstance(cell, keras.layers.LSTM) else _GruLayer
+            self.layers.append(kind(*cell.get_weights(), table=table if k == 0 else None))
+        self.dense_w, self.dense_b = (np.ascontiguousarray(w, dtype=np.float32) for w in dense.get_weights())
+        self.units = self.layers[-1].units
+        self.vocab_size = self.dense_b.shape[0]
+        self.maxlen = maxlen
+        self.family = model.name
+
+    def zero_state(self, batch: int):
+        """One state per layer, each array stored transposed as (units, batch)."""
+        return [layer.zero_state(batch) for layer in self.layers]
+
+    def step(self, ids: np.ndarray, state):
+        """One update of every layer for a batch of character ids. Returns the top layer's output
+        h as (batch, units) and the new state."""
+        x, new = ids, []
+        for layer, s in zip(self.layers, state, strict=True):
+            x, s = layer.step(x, s)
+            new.append(s)
+        return x.T, new
+
+    def logits(self, h: np.ndarray) -> np.ndarray:
+        return h @ self.dense_w + self.dense_b
+
+    def probs(self, h: np.ndarray) -> np.ndarray:
+        logits = self.logits(h)
+        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def run(self, windows: np.ndarray, state=None):
+        """Feed (batch, time) ids from `state` (zero by default); return the last output and state."""
+        state = state if state is not None else self.zero_state(len(windows))
+        h = state[-1][0].T
+        for t in range(windows.shape[1]):
+            h, state = self.step(windows[:, t], state)
+        return h, state
+
+    def window_logits(self, windows: np.ndarray) -> np.ndarray:
+        return self.logits(self.run(np.asarray(windows))[0])
+
+
+class WindowGenerator(Sampler):
+    """Any model, the window mode only: one compiled forward pass of the Keras model per character
+    for all streams at once (the book's semantics, without `predict`'s per-call overhead). The
+    families without a recurrent state (conv1d) use it."""
+
+    modes = ("window",)
+
+    def __init__(self, model, maxlen: int):
+        import tensorflow as tf
+
+        self.forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        self.vocab_size = model.output_shape[-1]
+        self.maxlen = maxlen
+        self.family = model.name
+
+    def window_logits(self, windows: np.ndarray) -> np.ndarray:
+        probs = self.forward(np.asarray(windows, dtype=np.int32)).numpy().astype(np.float64)
+        with np.errstate(divide="ignore"):
+            return np.log(probs)  # a zero probability is -inf: never drawn
+
+
+def for_model(model, maxlen: int) -> Sampler:
+    """The fastest generator for `model`: numpy for the recurrent families (both modes), one
+    compiled call per character otherwise (window mode)."""
+    try:
+        return Generator(model, maxlen)
+    except Unsupported:
+        return WindowGenerator(model, maxlen)
 
 
 class Progress:

@@ -30,13 +30,12 @@ def _prompts(model_input) -> list[str]:
 class TextGenerator(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from pipeline import model as models
-        from pipeline.generator import Generator
+        from pipeline.generator import for_model
 
         model, self.meta = models.load(Path(context.artifacts["model"]).parent)
-        self.generator = Generator(model, self.meta["maxlen"])
+        self.generator = for_model(model, self.meta["maxlen"])
 
     def predict(self, context, model_input: list[str], params: dict | None = None) -> list[str]:
-        from pipeline.generator import MODES
         from pipeline.sample import encode_prompt
         from pipeline.vectorize import decode
 
@@ -44,9 +43,10 @@ class TextGenerator(mlflow.pyfunc.PythonModel):
         temperature, length, seed, mode = float(p["temperature"]), int(p["length"]), int(p["seed"]), str(p["mode"])
         if not (np.isfinite(temperature) and temperature > 0):
             raise mlflow.exceptions.MlflowException.invalid_parameter_value(f"temperature must be finite and > 0, got {temperature}")
-        if length < 1 or seed < 0 or mode not in MODES:
+        modes = self.generator.modes  # a convnet has no stateful mode
+        if length < 1 or seed < 0 or mode not in modes:
             raise mlflow.exceptions.MlflowException.invalid_parameter_value(
-                f"need length >= 1, seed >= 0 and mode in {MODES}; got {length}, {seed}, {mode!r}")
+                f"need length >= 1, seed >= 0 and mode in {modes}; got {length}, {seed}, {mode!r}")
         vocab, texts = self.meta["vocab"], []
         for i, prompt in enumerate(_prompts(model_input)):
             try:

@@ -44,7 +44,7 @@ def encode_prompt(prompt: str, vocab: list[str], lowercase: bool, key: str = "sa
 
 def run(cfg) -> dict:
     from pipeline import model as models
-    from pipeline.generator import Generator
+    from pipeline.generator import for_model
 
     s = cfg.sample
     tracking.connect(tracking.resolve_uri(cfg.mlflow.tracking_uri), cfg.mlflow.experiment)  # fail fast
@@ -69,7 +69,9 @@ def run(cfg) -> dict:
     temps = temperatures(s.temperature)
 
     started = time.perf_counter()
-    generator = Generator(model, maxlen)
+    generator = for_model(model, maxlen)
+    if s.mode not in generator.modes:
+        raise SampleError(f"sample.mode={s.mode}: the {meta.get('model', model.name)} model generates in {generator.modes} only")
     out = generator.generate(prompt_ids, temps, s.length, rng, mode=s.mode, greedy=s.greedy, progress=True)
     seconds = time.perf_counter() - started
 

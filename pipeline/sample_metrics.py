@@ -24,7 +24,7 @@ def nll_per_char(generator, context_ids: np.ndarray, sample_ids: np.ndarray) -> 
     start, maxlen = len(context_ids), generator.maxlen
     if start == 0:
         raise ValueError("nll_per_char needs at least one character of context before the sample")
-    probs = np.empty((len(sample_ids), generator.dense_b.shape[0]), np.float64)
+    probs = np.empty((len(sample_ids), generator.vocab_size), np.float64)
     for length in np.unique(np.minimum(np.arange(start, len(ids)), maxlen)):  # windows shorter than maxlen at first
         rows = [k for k in range(len(sample_ids)) if min(start + k, maxlen) == length]
         windows = np.stack([ids[start + k - length:start + k] for k in rows])

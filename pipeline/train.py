@@ -136,7 +136,7 @@ def run(cfg) -> dict:
     import tensorflow as tf
 
     from pipeline import checkpoint
-    from pipeline.model import MODELS
+    from pipeline.model import build as build_model
 
     prepared, models_dir, metrics_dir = Path(cfg.paths.prepared), Path(cfg.paths.models), Path(cfg.paths.metrics)
     vocab = json.loads((prepared / "vocab.json").read_text(encoding="utf-8"))
@@ -160,7 +160,7 @@ def run(cfg) -> dict:
     checkpoints = Path(cfg.paths.checkpoints) if t.checkpoint else None
 
     def build():
-        m = MODELS[cfg.model.name](len(vocab), cfg.model.units)
+        m = build_model(len(vocab), **OmegaConf.to_container(cfg.model))
         m.compile(optimizer=make_optimizer(t.optimizer, t.learning_rate, t.clipnorm), loss="sparse_categorical_crossentropy",
                   steps_per_execution=t.steps_per_execution)
         return m

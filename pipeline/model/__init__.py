@@ -1,33 +1,42 @@
-"""Model builders, one per family, chosen by `model.name`. Each takes plain values and returns a
-compiled-ready `keras.Model` mapping a batch of character-id windows (batch, time) to the
-next-character distribution (batch, vocab). Ids go in, so no one-hot tensor is ever stored.
-`load` reads a trained model back, with the vocabulary and maxlen saved beside it."""
+"""Model families, one module each, chosen by `model.name` (conf/model/<name>.yaml):
+
+- lstm: the book's LSTM(units) over one-hot characters (lstm.py);
+- stacked_lstm, gru: layers of LSTM or GRU with dropout between them and an optional trainable
+  embedding (rnn.py), char-rnn's recipe;
+- conv1d: a causal, dilated 1D convnet with gated residual blocks, WaveNet-style (conv1d.py).
+
+Each builder takes plain values and returns a compile-ready `keras.Model` mapping a batch of
+character-id windows (batch, time) to the next-character distribution (batch, vocab). Ids go in,
+so no one-hot tensor is ever stored. `load` reads a trained model back, with the vocabulary and
+maxlen saved beside it."""
 from __future__ import annotations
 
 import json
 import zipfile
+from functools import partial
 from pathlib import Path
 
 import keras
+
+from pipeline.model import conv1d, lstm, rnn
 
 
 class ModelError(ValueError):
     """A trained model folder is missing, incomplete or unreadable."""
 
 
-def build_lstm(vocab_size: int, units: int) -> keras.Model:
-    """The book's model (§8.1): LSTM(units) over one-hot characters, Dense softmax.
-    The one-hot encoding is a frozen identity embedding: the same numbers as the book's
-    one-hot input, computed inside the model, and loadable in Keras safe mode."""
-    ids = keras.Input(shape=(None,), dtype="int32", name="ids")
-    one_hot = keras.layers.Embedding(vocab_size, vocab_size, embeddings_initializer="identity",
-                                     trainable=False, name="one_hot")(ids)
-    hidden = keras.layers.LSTM(units, name="lstm")(one_hot)
-    probs = keras.layers.Dense(vocab_size, activation="softmax", name="next_char")(hidden)
-    return keras.Model(ids, probs, name="lstm")
+# model.name -> builder. Each family lives in its own module; the builders take the model
+# section's keys (all but `name`) as keyword arguments.
+MODELS = {"lstm": lstm.build, "stacked_lstm": partial(rnn.build, cell="lstm"), "gru": partial(rnn.build, cell="gru"),
+          "conv1d": conv1d.build}
 
 
-MODELS = {"lstm": build_lstm}
+build_lstm = lstm.build  # the name earlier versions gave the book's model
+
+
+def build(vocab_size: int, name: str, **keys) -> keras.Model:
+    """The `name` family's model for a vocabulary of `vocab_size` characters."""
+    return MODELS[name](vocab_size, **keys)
 
 
 def load(folder: Path | str) -> tuple[keras.Model, dict]:
