@@ -82,7 +82,7 @@ class RnnModel:
 class ConvModel:
     """conf/model/conv1d.yaml."""
     name: str = MISSING
-    channels: int = MISSING
+    units: int = MISSING  # channels of every layer: `units` is each family's width, so one override sizes any
     kernel_size: int = MISSING
     dilations: list[int] = MISSING
     dropout: float = MISSING
@@ -269,7 +269,7 @@ def validate(raw: DictConfig | dict, source: str = "config") -> DictConfig:
 
     positive_ints = ["seed", "vectorize.maxlen", "vectorize.step", "train.batch_size",
                      "train.steps_per_execution", "train.epochs", "train.epoch_samples.length", "sample.length",
-                     *(f"model.{k}" for k in ("units", "layers", "channels") if k in cfg.model)]
+                     "model.units", *(f"model.{k}" for k in ("layers",) if k in cfg.model)]
     for key in positive_ints:
         minimum = 0 if key == "seed" else 1
         _check(OmegaConf.select(cfg, key) >= minimum, key, f"must be >= {minimum}, got {OmegaConf.select(cfg, key)}", source)

@@ -1,14 +1,17 @@
 """Stage sample: generate text from the trained model at each `sample.temperature`.
 
 Reads <paths.models>/model.keras and meta.json (vocab, maxlen, the MLflow run), the held-out
-<paths.prepared>/val.npy (for the default prompt), train.npy (to measure memorisation: see
-`pipeline.sample_metrics`), and `seed` and `sample`. Writes
-<paths.samples>/temperature_<T>.txt for each temperature and <paths.metrics>/sample.json, and
+<paths.prepared>/val.npy (for the default prompt and the held-out loss), train.npy (to measure memorisation: see
+`pipeline.sample_metrics`), and `seed`, `sample` and `vectorize.maxlen`/`step`. Writes
+<paths.samples>/temperature_<T>.txt for each temperature and <paths.metrics>/sample.json (with
+val_loss and val_bpc: the final model on the held-out windows, which agree with the train
+stage's best_val_loss), and
 logs the texts to the training's MLflow run under sample/.
 """
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import time
@@ -18,7 +21,7 @@ import numpy as np
 
 from pipeline import artifacts, config, sample_metrics, tracking
 from pipeline.config import temperatures
-from pipeline.vectorize import decode
+from pipeline.vectorize import decode, make_dataset
 
 
 class SampleError(ValueError):
@@ -75,6 +78,7 @@ def run(cfg) -> dict:
     out = generator.generate(prompt_ids, temps, s.length, rng, mode=s.mode, greedy=s.greedy, progress=True)
     seconds = time.perf_counter() - started
 
+    val_loss = held_out_loss(model, np.load(Path(cfg.paths.prepared) / "val.npy"), maxlen, cfg.vectorize.step)
     train_text = decode(np.load(Path(cfg.paths.prepared) / "train.npy"), vocab)
     corpus_words = set(sample_metrics.words(train_text))
     measured = {str(t): sample_metrics.measure(generator, prompt_ids, ids, decode(ids, vocab), train_text, corpus_words)
@@ -93,7 +97,7 @@ def run(cfg) -> dict:
     shutil.rmtree(samples_dir, ignore_errors=True)
     staging.rename(samples_dir)
 
-    result = {"prompt": prompt, "temperatures": temps, "length": s.length, "mode": s.mode, "greedy": s.greedy,
+    result = {"val_loss": val_loss, "val_bpc": val_loss / math.log(2), "prompt": prompt, "temperatures": temps, "length": s.length, "mode": s.mode, "greedy": s.greedy,
               "seconds": seconds, "chars_per_second": len(temps) * s.length / max(seconds, 1e-9), "metrics": measured}
     artifacts.write_json(Path(cfg.paths.metrics) / "sample.json", result)
 
@@ -104,6 +108,14 @@ def run(cfg) -> dict:
     return result
 
 
+def held_out_loss(model, val_ids: np.ndarray, maxlen: int, step: int) -> float:
+    """The model's mean loss (nats per character) on the held-out windows, the same windows and
+    loss as the train stage's val_loss: for the exported model, its best epoch's figure."""
+    model.compile(loss="sparse_categorical_crossentropy")
+    # 512 windows a batch: the mean does not depend on it (beyond float rounding); speed does.
+    return float(model.evaluate(make_dataset(val_ids, maxlen, step, 512, None, 0), verbose=0))
+
+
 def log(texts: dict, result: dict) -> None:
     """Log the samples and what was measured to the active MLflow run."""
     import mlflow
@@ -112,7 +124,8 @@ def log(texts: dict, result: dict) -> None:
         mlflow.log_text(text, f"sample/temperature_{t}.txt")
     # Not params: those are immutable, and re-sampling with new settings reuses the run.
     mlflow.log_dict(result, "sample/sample.json")
-    mlflow.log_metric("sample_chars_per_second", result["chars_per_second"])
+    mlflow.log_metrics({"sample_chars_per_second": result["chars_per_second"], "sample.val_loss": result["val_loss"],
+                        "sample.val_bpc": result["val_bpc"]})
     # Per temperature (sample.nll_per_char.t0.5, ...); with one temperature, also under a name
     # that every job of a temperature sweep shares, so that the MLflow UI can sort and chart them.
     per_t = result["metrics"]

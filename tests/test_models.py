@@ -1,0 +1,154 @@
+"""The model families (conf/model/*.yaml): each builds, trains on the tiny config through the real
+stages, and generates with probabilities equal to the model's own forward pass."""
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import config
+from pipeline.generator import Generator, WindowGenerator, for_model
+from tests.conftest import REPO, tiny
+
+FAMILIES = sorted(p.stem for p in (REPO / "conf/model").glob("*.yaml"))
+# Small versions of each family, so that the whole pipeline runs in seconds.
+SMALL = {"lstm": [], "stacked_lstm": ["model.units=16", "model.embedding=8"], "gru": ["model.units=16", "model.embedding=null"],
+         "conv1d": ["model.dilations=[1,2,4,8]"]}
+
+
+def test_every_family_in_conf_has_a_builder_and_a_small_version():
+    from pipeline.model import MODELS
+
+    assert FAMILIES == sorted(MODELS) == sorted(SMALL)
+    for name in FAMILIES:
+        assert config.compose([f"model={name}"]).model.name == name
+
+
+def _random_model(name: str, vocab: int = 11, **keys):
+    import keras
+
+    from pipeline.model import build
+
+    keras.utils.set_random_seed(3)
+    m = build(vocab, name, **keys)
+    # Larger weights than the initialisers', and nonzero biases: near-uniform outputs would pass anything.
+    rng = np.random.default_rng(0)
+    m.set_weights([w * 1.5 + rng.normal(0, 0.3, w.shape).astype(w.dtype) for w in m.get_weights()])
+    return m
+
+
+MODELS = {
+    "lstm": dict(units=8),
+    "stacked_lstm": dict(units=8, layers=3, dropout=0.3, embedding=5),
+    "gru": dict(units=8, layers=2, dropout=0.3, embedding=None),
+    "gru_1_layer": dict(units=8, layers=1, dropout=0.0, embedding=4),
+    "conv1d": dict(units=8, kernel_size=2, dilations=[1, 2, 4], dropout=0.3, embedding=4),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def family(request):
+    key = request.param
+    return key.split("_1")[0], _random_model(key.split("_1")[0], **MODELS[key])
+
+
+def _greedy_reference(model, prompt, length, maxlen):
+    text = list(prompt)
+    for _ in range(length):
+        text.append(int(np.argmax(np.asarray(model(np.array([text[-maxlen:]], dtype="int32")))[0])))
+    return text[len(prompt):]
+
+
+@pytest.mark.parametrize("length", [1, 4, 9])
+def test_generator_probabilities_are_the_models_forward_pass(family, length):
+    name, model = family
+    gen = for_model(model, maxlen=9)
+    assert isinstance(gen, WindowGenerator if name == "conv1d" else Generator)
+    windows = np.random.default_rng(length).integers(0, 11, size=(4, length))
+    ours = gen.window_probs(windows)
+    np.testing.assert_allclose(ours, np.asarray(model(windows.astype("int32"), training=False)), atol=2e-6)
+    np.testing.assert_allclose(ours.sum(axis=-1), 1.0, atol=1e-6)
+    assert ours.std() > 0.01  # the test would be void on a near-uniform model
+
+
+def test_window_mode_is_the_model_of_the_last_maxlen_characters_at_every_step(family):
+    name, model = family
+    out = for_model(model, 6).generate([3, 1, 4], [1.0], 15, np.random.default_rng(0), mode="window", greedy=True)
+    assert out[0].tolist() == _greedy_reference(model, [3, 1, 4], 15, 6)
+
+
+def test_stateful_mode_matches_the_model_while_shorter_than_maxlen(family):
+    name, model = family
+    gen = for_model(model, 30)
+    if name == "conv1d":
+        assert gen.modes == ("window",)
+        with pytest.raises(ValueError, match="mode must be one of .'window',. for this model"):
+            next(gen.stream([1, 2], [1.0], 5, np.random.default_rng(0), mode="stateful"))
+        return
+    stateful = gen.generate([3, 1, 4], [1.0], 15, np.random.default_rng(0), mode="stateful", greedy=True)
+    assert stateful[0].tolist() == _greedy_reference(model, [3, 1, 4], 15, 30)
+    text = np.array([3, 1, 4] + stateful[0].tolist())
+    h, state = gen.run(text[None, :3])
+    for k in range(3, 12):  # the carried state of every layer gives model(whole text so far)
+        np.testing.assert_allclose(gen.probs(h), np.asarray(model(text[None, :k].astype("int32"))), atol=2e-6)
+        h, state = gen.step(text[k:k + 1], state)
+
+
+def test_the_convnet_is_causal_with_the_receptive_field_it_documents():
+    """1 + (kernel_size - 1) * sum(dilations): characters further back change nothing, the ones inside do."""
+    model = _random_model("conv1d", **MODELS["conv1d"])  # receptive field 1 + 1 * 7 = 8
+    base = np.random.default_rng(1).integers(0, 11, size=(1, 12))
+    outside, inside = base.copy(), base.copy()
+    outside[0, :4] = (outside[0, :4] + 1) % 11   # positions 0-3: more than 8 back from the last
+    inside[0, 4] = (inside[0, 4] + 1) % 11       # position 4: exactly 8 back
+    ref = np.asarray(model(base))
+    np.testing.assert_allclose(np.asarray(model(outside)), ref, atol=1e-7)
+    assert np.abs(np.asarray(model(inside)) - ref).max() > 1e-4
+
+
+def test_dropout_trains_but_never_generates():
+    model = _random_model("stacked_lstm", **MODELS["stacked_lstm"])
+    x = np.random.default_rng(2).integers(0, 11, size=(8, 9)).astype("int32")
+    assert np.abs(np.asarray(model(x, training=True)) - np.asarray(model(x, training=False))).max() > 1e-3
+    np.testing.assert_allclose(np.asarray(model(x, training=False)), np.asarray(model(x, training=False)))
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["model=conv1d", "sample.mode=stateful"], "sample.mode"),
+    (["model=conv1d", "train.epoch_samples.mode=stateful"], "train.epoch_samples.mode"),
+    (["model=gru", "model.dropout=1.0"], "model.dropout"),
+    (["model=gru", "model.layers=0"], "model.layers"),
+    (["model=stacked_lstm", "model.embedding=0"], "model.embedding"),
+    (["model=conv1d", "model.kernel_size=1"], "model.kernel_size"),
+    (["model=conv1d", "model.dilations=[]"], "model.dilations"),
+    (["model.name=transformer"], "model.name"),
+    (["model=lstm", "+model.layers=2"], "model.layers"),  # a key of another family
+])
+def test_bad_model_configs_name_the_key(overrides, key):
+    with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")):
+        config.compose(overrides)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_each_family_runs_the_pipeline_and_the_sample_stage_agrees_on_the_held_out_loss(workdir, name):
+    from pipeline import fetch, sample, train, vectorize
+    from pipeline.model import load
+
+    cfg = tiny(workdir, f"model={name}", *SMALL[name], "sample.temperature=[0.5]")
+    for stage in (fetch, vectorize):
+        stage.run(cfg)
+    trained = train.run(cfg)
+    sampled = sample.run(cfg)
+    history = (workdir / "metrics/history.csv").read_text().splitlines()
+    assert history[0].split(",")[:6] == ["epoch", "loss", "val_loss", "bpc", "val_bpc", "seconds"]
+    assert len(history) == 1 + cfg.train.epochs
+    best = trained["best_val_loss"]
+    assert 0 < best < np.log(len(json.loads((workdir / "data/prepared/vocab.json").read_text())))  # it learned something
+    assert sampled["val_loss"] == pytest.approx(best, rel=1e-4)
+    assert sampled["val_bpc"] == pytest.approx(trained["val_bpc"], rel=1e-4)
+    assert json.loads((workdir / "metrics/sample.json").read_text())["val_loss"] == sampled["val_loss"]
+    assert len((workdir / "samples/temperature_0.5.txt").read_text()) > cfg.sample.length
+
+    model, meta = load(workdir / "models")
+    assert meta["model"] == name
+    windows = np.load(workdir / "data/prepared/val.npy")[:40].astype("int64").reshape(2, 20)
+    np.testing.assert_allclose(for_model(model, meta["maxlen"]).window_probs(windows), np.asarray(model(windows)), atol=2e-6)
