@@ -27,7 +27,6 @@ from pipeline import artifacts, callbacks, config, pyfunc, tracking
 from pipeline.callbacks import TrainError
 from pipeline.vectorize import make_dataset
 
-
 DATA_FILES = ("train.npy", "val.npy", "vocab.json")
 
 

@@ -37,11 +37,11 @@ def _random_model(name: str, vocab: int = 11, **keys):
 
 
 MODELS = {
-    "lstm": dict(units=8),
-    "stacked_lstm": dict(units=8, layers=3, dropout=0.3, embedding=5),
-    "gru": dict(units=8, layers=2, dropout=0.3, embedding=None),
-    "gru_1_layer": dict(units=8, layers=1, dropout=0.0, embedding=4),
-    "conv1d": dict(units=8, kernel_size=2, dilations=[1, 2, 4], dropout=0.3, embedding=4),
+    "lstm": {"units": 8},
+    "stacked_lstm": {"units": 8, "layers": 3, "dropout": 0.3, "embedding": 5},
+    "gru": {"units": 8, "layers": 2, "dropout": 0.3, "embedding": None},
+    "gru_1_layer": {"units": 8, "layers": 1, "dropout": 0.0, "embedding": 4},
+    "conv1d": {"units": 8, "kernel_size": 2, "dilations": [1, 2, 4], "dropout": 0.3, "embedding": 4},
 }
 
 
@@ -71,7 +71,7 @@ def test_generator_probabilities_are_the_models_forward_pass(family, length):
 
 
 def test_window_mode_is_the_model_of_the_last_maxlen_characters_at_every_step(family):
-    name, model = family
+    _, model = family
     out = for_model(model, 6).generate([3, 1, 4], [1.0], 15, np.random.default_rng(0), mode="window", greedy=True)
     assert out[0].tolist() == _greedy_reference(model, [3, 1, 4], 15, 6)
 
