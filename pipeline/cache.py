@@ -1,8 +1,8 @@
 """Content-addressed reuse of stage results for `python -m pipeline` (Hydra runs and sweeps).
 
 A stage's key is the sha256 of what decides its outputs, read from dvc.yaml so that it is the same
-list DVC uses: the values of the stage's `params`, the contents of its code `deps` (pipeline/*.py),
-and the keys of the stages upstream of it. Its outputs (dvc.yaml `outs`, `metrics` and `plots`)
+list DVC uses: the values of the stage's `params`, the contents of its code `deps` (pipeline/*.py
+and the pipeline/model/ package), and the keys of the stages upstream of it. Its outputs (dvc.yaml `outs`, `metrics` and `plots`)
 and its result are stored under <cache.dir>/<stage>/<key>/; a job whose stage has a stored key
 copies them into its folder instead of running the stage. An exclusive lock per key makes two jobs
 that want the same result at once compute it once: the second waits, then reuses it. An entry is
@@ -45,13 +45,21 @@ def outputs(spec: dict, cfg) -> list[Path]:
     return [Path(_interpolate(p, cfg)) for field in ("outs", "metrics", "plots") for p in _names(spec.get(field))]
 
 
+def _code_hash(path: Path) -> str:
+    """A code dep's content: one file, or every .py file of a package folder (pipeline/model/)."""
+    files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def key(name: str, spec: dict, cfg, upstream: list[str]) -> str:
     params = {}
     for p in _names(spec.get("params")):
         value = OmegaConf.select(cfg, p, throw_on_missing=True)
         params[p] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-    code = {d: hashlib.sha256((ROOT / d).read_bytes()).hexdigest() for d in _names(spec.get("deps"))
-            if d.startswith("pipeline/")}
+    code = {d: _code_hash(ROOT / d) for d in _names(spec.get("deps")) if d.startswith("pipeline/")}
     outs = [str(p) for p in outputs(spec, cfg)]
     payload = json.dumps({"stage": name, "params": params, "code": code, "upstream": upstream, "outs": outs},
                          sort_keys=True)

@@ -123,6 +123,7 @@ class Train:
     batch_size: int = MISSING
     steps_per_execution: int = MISSING
     epochs: int = MISSING
+    time_limit: Optional[float] = MISSING
     shuffle_buffer: int = MISSING
     clipnorm: Optional[float] = MISSING
     plateau: Plateau = MISSING
@@ -281,6 +282,8 @@ def validate(raw: DictConfig | dict, source: str = "config") -> DictConfig:
     _check(math.isfinite(t.learning_rate) and t.learning_rate > 0, "train.learning_rate",
            f"must be finite and > 0, got {t.learning_rate}", source)
     _check(t.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {OPTIMIZERS}, got {t.optimizer!r}", source)
+    _check(t.time_limit is None or (math.isfinite(t.time_limit) and t.time_limit > 0), "train.time_limit",
+           f"must be > 0 or null, got {t.time_limit}", source)
     _check(t.shuffle_buffer >= 0, "train.shuffle_buffer", f"must be >= 0, got {t.shuffle_buffer}", source)
     _check(t.clipnorm is None or (math.isfinite(t.clipnorm) and t.clipnorm > 0), "train.clipnorm",
            f"must be > 0 or null, got {t.clipnorm}", source)

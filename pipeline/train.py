@@ -160,12 +160,18 @@ def run(cfg) -> dict:
             _log_setup(cfg, params, data_md5)
         # A progress bar on a terminal; in a log, the callback's one line per epoch says it all.
         extra = [callbacks.progress_bar(t.epochs)] if sys.stdout.isatty() else []
-        started = time.perf_counter()
-        for epoch in range(len(state["history"]), t.epochs):  # one fit() per epoch: each has its own shuffle
+        started, first, time_stop = time.perf_counter(), len(state["history"]), None
+        for epoch in range(first, t.epochs):  # one fit() per epoch: each has its own shuffle
             model.fit(make_dataset(train_ids, maxlen, step, t.batch_size, t.shuffle_buffer, cfg.seed, epoch),
                       validation_data=val_ds, initial_epoch=epoch, epochs=epoch + 1, callbacks=[callback, *extra],
                       shuffle=False, verbose=0)
             if callback.stop_reason:
+                break
+            elapsed = time.perf_counter() - started
+            if t.time_limit is not None and epoch + 1 < t.epochs and elapsed * (epoch + 2 - first) / (epoch + 1 - first) > t.time_limit:
+                # Equal-time comparisons (bench/quality.py): never start an epoch expected to overrun.
+                time_stop = f"time limit: {elapsed:.0f} s after {epoch + 1} epochs, of train.time_limit {t.time_limit:g} s"
+                print(f"train: {time_stop}", flush=True)
                 break
         seconds = time.perf_counter() - started
         history = state["history"]
@@ -176,7 +182,7 @@ def run(cfg) -> dict:
                    "best_val_loss": state["best_val_loss"], "best_epoch": state["best_epoch"],
                    "val_bpc": state["best_val_loss"] / callbacks.LN2, "epochs": len(history), "seconds": seconds,
                    "seconds_per_epoch": seconds / max(ran, 1), "parameters": model.count_params(),
-                   "rollbacks": state["rollbacks"], "stopped": callback.stop_reason}
+                   "rollbacks": state["rollbacks"], "stopped": callback.stop_reason or time_stop}
         meta = {"vocab": vocab, "maxlen": maxlen, "lowercase": cfg.vectorize.lowercase, "model": cfg.model.name,
                 "config": {k: params[k] for k in ("seed", "corpus", "vectorize", "model", "train")},  # no mlflow: no URIs
                 "mlflow": {"tracking_uri": tracking.redact(uri), "experiment_id": active.info.experiment_id, "run_id": run_id}}
