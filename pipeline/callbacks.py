@@ -119,6 +119,21 @@ def epoch_end(t, vocab, val_ids, maxlen, state, checkpoints: Path | None):
     return EpochEnd()
 
 
+def held_out(model, val_ds):
+    """The callback that sets the epoch's val_loss to `model`'s loss on `val_ds`, after copying the
+    trained weights into it: `model` is the last-position twin of a model trained on all targets."""
+    import keras
+
+    model.compile(loss="sparse_categorical_crossentropy")
+
+    class HeldOut(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            model.set_weights(self.model.get_weights())
+            logs["val_loss"] = float(model.evaluate(val_ds, verbose=0))
+
+    return HeldOut()
+
+
 def progress_bar(epochs: int):
     """Keras's progress bar, saying "Epoch 3/10" although each fit() call runs one epoch."""
     import keras

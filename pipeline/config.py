@@ -59,6 +59,7 @@ class Vectorize:
     val_fraction: float = MISSING
     maxlen: int = MISSING
     step: int = MISSING
+    val_step: Optional[int] = MISSING
 
 
 @dataclass
@@ -123,6 +124,7 @@ class Train:
     batch_size: int = MISSING
     steps_per_execution: int = MISSING
     epochs: int = MISSING
+    targets: str = MISSING
     time_limit: Optional[float] = MISSING
     shuffle_buffer: int = MISSING
     clipnorm: Optional[float] = MISSING
@@ -200,6 +202,7 @@ class Generate:
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 MODES = ("window", "stateful")
 DIVERGENCE_ACTIONS = ("rollback", "stop")
+TARGETS = ("last", "all")
 UNKNOWN_CHARS = ("error", "drop", "replace")
 
 
@@ -277,11 +280,13 @@ def validate(raw: DictConfig | dict, source: str = "config") -> DictConfig:
     _check(cfg.threads is None or cfg.threads >= 1, "threads", f"must be >= 1 or null, got {cfg.threads}", source)
     v = cfg.vectorize
     _check(0 < v.val_fraction < 1, "vectorize.val_fraction", f"must be in (0, 1), got {v.val_fraction}", source)
+    _check(v.val_step is None or v.val_step >= 1, "vectorize.val_step", f"must be >= 1 or null, got {v.val_step}", source)
     _check(v.max_chars is None or v.max_chars >= 2, "vectorize.max_chars", f"must be >= 2 or null, got {v.max_chars}", source)
     t = cfg.train
     _check(math.isfinite(t.learning_rate) and t.learning_rate > 0, "train.learning_rate",
            f"must be finite and > 0, got {t.learning_rate}", source)
     _check(t.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {OPTIMIZERS}, got {t.optimizer!r}", source)
+    _check(t.targets in TARGETS, "train.targets", f"must be one of {TARGETS}, got {t.targets!r}", source)
     _check(t.time_limit is None or (math.isfinite(t.time_limit) and t.time_limit > 0), "train.time_limit",
            f"must be > 0 or null, got {t.time_limit}", source)
     _check(t.shuffle_buffer >= 0, "train.shuffle_buffer", f"must be >= 0, got {t.shuffle_buffer}", source)

@@ -293,6 +293,8 @@ class WindowGenerator(Sampler):
 
     def window_logits(self, windows: np.ndarray) -> np.ndarray:
         probs = self.forward(np.asarray(windows, dtype=np.int32)).numpy().astype(np.float64)
+        if probs.ndim == 3:  # a model that predicts after every position: the last one is next
+            probs = probs[:, -1]
         with np.errstate(divide="ignore"):
             return np.log(probs)  # a zero probability is -inf: never drawn
 

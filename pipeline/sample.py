@@ -2,7 +2,7 @@
 
 Reads <paths.models>/model.keras and meta.json (vocab, maxlen, the MLflow run), the held-out
 <paths.prepared>/val.npy (for the default prompt and the held-out loss), train.npy (to measure memorisation: see
-`pipeline.sample_metrics`), and `seed`, `sample` and `vectorize.maxlen`/`step`. Writes
+`pipeline.sample_metrics`), and `seed`, `sample` and `vectorize.maxlen`/`step`/`val_step`. Writes
 <paths.samples>/temperature_<T>.txt for each temperature and <paths.metrics>/sample.json (with
 val_loss and val_bpc: the final model on the held-out windows, which agree with the train
 stage's best_val_loss), and
@@ -78,7 +78,8 @@ def run(cfg) -> dict:
     out = generator.generate(prompt_ids, temps, s.length, rng, mode=s.mode, greedy=s.greedy, progress=True)
     seconds = time.perf_counter() - started
 
-    val_loss = held_out_loss(model, np.load(Path(cfg.paths.prepared) / "val.npy"), maxlen, cfg.vectorize.step)
+    val_loss = held_out_loss(model, np.load(Path(cfg.paths.prepared) / "val.npy"), maxlen,
+                             cfg.vectorize.val_step or cfg.vectorize.step)
     train_text = decode(np.load(Path(cfg.paths.prepared) / "train.npy"), vocab)
     corpus_words = set(sample_metrics.words(train_text))
     measured = {str(t): sample_metrics.measure(generator, prompt_ids, ids, decode(ids, vocab), train_text, corpus_words)

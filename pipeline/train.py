@@ -132,8 +132,10 @@ def run(cfg) -> dict:
     fingerprint = checkpoint.fingerprint({"data": data_md5, **{k: params[k] for k in ("seed", "vectorize", "model", "train")}})
     checkpoints = Path(cfg.paths.checkpoints) if t.checkpoint else None
 
+    keys, sequence = OmegaConf.to_container(cfg.model), t.targets == "all"
+
     def build():
-        m = build_model(len(vocab), **OmegaConf.to_container(cfg.model))
+        m = build_model(len(vocab), sequence=sequence, **keys)
         m.compile(optimizer=make_optimizer(t.optimizer, t.learning_rate, t.clipnorm), loss="sparse_categorical_crossentropy",
                   steps_per_execution=t.steps_per_execution)
         return m
@@ -146,7 +148,12 @@ def run(cfg) -> dict:
         print(f"train: resuming after epoch {state['epoch']} from the checkpoint in {checkpoints}", flush=True)
     callback = callbacks.epoch_end(t, vocab, val_ids, maxlen, state, checkpoints)
     model = callbacks.resume(found[0], callback) if found else build()
-    val_ds = make_dataset(val_ids, maxlen, step, t.batch_size, None, cfg.seed)
+    val_ds = make_dataset(val_ids, maxlen, cfg.vectorize.val_step or step, t.batch_size, None, cfg.seed)
+    # Trained on all targets, the model predicts after every position; the exported model is its
+    # twin that predicts after the last one (the same weights), and val_loss is that twin's on the
+    # held-out windows: the book's figure, whatever the training objective.
+    exported = build_model(len(vocab), **keys) if sequence else model
+    held_out = [callbacks.held_out(exported, val_ds)] if sequence else []
 
     with tracking.run(state["run_id"], experiment_id) as active:
         run_id = state["run_id"] = active.info.run_id
@@ -162,8 +169,9 @@ def run(cfg) -> dict:
         extra = [callbacks.progress_bar(t.epochs)] if sys.stdout.isatty() else []
         started, first, time_stop = time.perf_counter(), len(state["history"]), None
         for epoch in range(first, t.epochs):  # one fit() per epoch: each has its own shuffle
-            model.fit(make_dataset(train_ids, maxlen, step, t.batch_size, t.shuffle_buffer, cfg.seed, epoch),
-                      validation_data=val_ds, initial_epoch=epoch, epochs=epoch + 1, callbacks=[callback, *extra],
+            model.fit(make_dataset(train_ids, maxlen, step, t.batch_size, t.shuffle_buffer, cfg.seed, epoch, t.targets),
+                      validation_data=None if sequence else val_ds, initial_epoch=epoch, epochs=epoch + 1,
+                      callbacks=[*held_out, callback, *extra],
                       shuffle=False, verbose=0)
             if callback.stop_reason:
                 break
@@ -175,7 +183,7 @@ def run(cfg) -> dict:
                 break
         seconds = time.perf_counter() - started
         history = state["history"]
-        model.set_weights(callback.best_weights)  # export the best validation epoch, as char-rnn advises
+        exported.set_weights(callback.best_weights)  # export the best validation epoch, as char-rnn advises
 
         ran = len(history) - (state.get("epoch", 0) if found else 0)
         metrics = {"loss": history[-1]["loss"], "val_loss": history[-1]["val_loss"],
@@ -188,7 +196,7 @@ def run(cfg) -> dict:
                 "mlflow": {"tracking_uri": tracking.redact(uri), "experiment_id": active.info.experiment_id, "run_id": run_id}}
 
         with artifacts.atomic_path(models_dir / "model.keras") as tmp:
-            model.save(tmp)
+            exported.save(tmp)
         artifacts.write_json(models_dir / "meta.json", meta)
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")

@@ -56,8 +56,10 @@ def make_windows(ids: np.ndarray, maxlen: int, step: int) -> tuple[np.ndarray, n
 
 
 def make_dataset(ids: np.ndarray, maxlen: int, step: int, batch_size: int, shuffle: int | None, seed: int,
-                 epoch: int = 0):
-    """(window, next id) batches gathered from `ids` on the fly: the book's windows, never stored.
+                 epoch: int = 0, targets: str = "last"):
+    """(window, target) batches gathered from `ids` on the fly: the book's windows, never stored.
+    `targets`: "last", the id after each window (the book's); "all", the id after every position
+    of the window (the window shifted by one: maxlen targets per window, char-rnn's objective).
     `shuffle`: None for none, 0 for all windows, else a buffer size. The order depends only on
     (seed, epoch), so a resumed run sees the same batches as an uninterrupted one."""
     import tensorflow as tf
@@ -70,8 +72,12 @@ def make_dataset(ids: np.ndarray, maxlen: int, step: int, batch_size: int, shuff
     ds = tf.data.Dataset.from_tensor_slices(starts)
     if shuffle:
         ds = ds.shuffle(shuffle, seed=seed * 100_003 + epoch)
-    ds = ds.batch(batch_size).map(
-        lambda s: (tf.gather(table, s[:, None] + offsets), tf.gather(table, s + maxlen)))
+    if targets == "all":
+        ds = ds.batch(batch_size).map(
+            lambda s: (tf.gather(table, s[:, None] + offsets), tf.gather(table, s[:, None] + offsets + 1)))
+    else:
+        ds = ds.batch(batch_size).map(
+            lambda s: (tf.gather(table, s[:, None] + offsets), tf.gather(table, s + maxlen)))
     # A batch is one small gather: one input thread and two batches ahead keep the model fed. tf.data's
     # autotuner and its own thread pool instead competed with the training threads for the cores
     # (on 2 cores, whole epochs took 57 s or 83 s at random; with this, 55-59 s in 7 of 7 runs).

@@ -152,3 +152,49 @@ def test_each_family_runs_the_pipeline_and_the_sample_stage_agrees_on_the_held_o
     assert meta["model"] == name
     windows = np.load(workdir / "data/prepared/val.npy")[:40].astype("int64").reshape(2, 20)
     np.testing.assert_allclose(for_model(model, meta["maxlen"]).window_probs(windows), np.asarray(model(windows)), atol=2e-6)
+
+
+def test_all_targets_are_the_window_shifted_by_one_and_end_with_the_books_target():
+    from pipeline.vectorize import make_dataset
+
+    ids = np.arange(100, dtype=np.uint8) % 37
+    (x_all, y_all), = make_dataset(ids, 10, 7, 64, None, 0, targets="all").take(1).as_numpy_iterator()
+    (x_last, y_last), = make_dataset(ids, 10, 7, 64, None, 0).take(1).as_numpy_iterator()
+    assert x_all.shape == y_all.shape == (13, 10) and np.array_equal(x_all, x_last)
+    starts = np.arange(13) * 7
+    np.testing.assert_array_equal(y_all, ids[starts[:, None] + np.arange(1, 11)])
+    np.testing.assert_array_equal(y_all[:, -1], y_last)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_the_sequence_twin_has_the_same_weights_and_its_last_position_is_the_model(name):
+    from pipeline.model import build
+
+    family = name.split("_1")[0]
+    model = _random_model(family, **MODELS[name])
+    twin = build(11, family, sequence=True, **MODELS[name])
+    assert [w.shape for w in twin.get_weights()] == [w.shape for w in model.get_weights()]
+    twin.set_weights(model.get_weights())
+    x = np.random.default_rng(4).integers(0, 11, size=(3, 9)).astype("int32")
+    out = np.asarray(twin(x, training=False))
+    assert out.shape == (3, 9, 11)
+    for k in (1, 5, 9):  # position k-1 of the twin is the model on the first k characters (causal)
+        np.testing.assert_allclose(out[:, k - 1], np.asarray(model(x[:, :k], training=False)), atol=2e-6)
+
+
+@pytest.mark.parametrize("name", ["stacked_lstm", "conv1d"])
+def test_training_on_all_targets_exports_the_last_position_model_with_the_books_val_loss(workdir, name):
+    from pipeline import fetch, sample, train, vectorize
+    from pipeline.model import load
+
+    cfg = tiny(workdir, f"model={name}", *SMALL[name], "train.targets=all", "vectorize.step=20",
+               "sample.temperature=[0.5]")
+    for stage in (fetch, vectorize):
+        stage.run(cfg)
+    trained = train.run(cfg)
+    sampled = sample.run(cfg)
+    assert sampled["val_loss"] == pytest.approx(trained["best_val_loss"], rel=1e-4)
+    model, meta = load(workdir / "models")
+    assert model.output_shape == (None, len(meta["vocab"]))
+    windows = np.load(workdir / "data/prepared/val.npy")[:40].astype("int64").reshape(2, 20)
+    np.testing.assert_allclose(for_model(model, meta["maxlen"]).window_probs(windows), np.asarray(model(windows)), atol=2e-6)

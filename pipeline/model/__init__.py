@@ -34,9 +34,11 @@ MODELS = {"lstm": lstm.build, "stacked_lstm": partial(rnn.build, cell="lstm"), "
 build_lstm = lstm.build  # the name earlier versions gave the book's model
 
 
-def build(vocab_size: int, name: str, **keys) -> keras.Model:
-    """The `name` family's model for a vocabulary of `vocab_size` characters."""
-    return MODELS[name](vocab_size, **keys)
+def build(vocab_size: int, name: str, sequence: bool = False, **keys) -> keras.Model:
+    """The `name` family's model for a vocabulary of `vocab_size` characters. `sequence`: its twin
+    that predicts after every position, (batch, time, vocab), with the same weights, for training
+    on all targets (`train.targets: all`)."""
+    return MODELS[name](vocab_size, sequence=sequence, **keys)
 
 
 def load(folder: Path | str) -> tuple[keras.Model, dict]:

@@ -27,7 +27,8 @@ class LastStep(keras.layers.Layer):
 
 
 def build(vocab_size: int, units: int, kernel_size: int, dilations: list[int], dropout: float,
-          embedding: int | None) -> keras.Model:
+          embedding: int | None, sequence: bool = False) -> keras.Model:
+    """`sequence`: predict after every position (see lstm.build): the convnet computes them all anyway."""
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")
     x = one_hot(vocab_size)(ids) if embedding is None else keras.layers.Embedding(vocab_size, embedding, name="embedding")(ids)
     x = keras.layers.Conv1D(units, 1, name="input_proj")(x)
@@ -41,6 +42,6 @@ def build(vocab_size: int, units: int, kernel_size: int, dilations: list[int], d
         x = keras.layers.Add(name=f"residual_{k}")([x, h])
         skips.append(h)
     out = keras.layers.Add(name="skips")(skips) if len(skips) > 1 else skips[0]
-    out = keras.layers.Activation("relu", name="relu")(LastStep(name="last_step")(out))
+    out = keras.layers.Activation("relu", name="relu")(out if sequence else LastStep(name="last_step")(out))
     probs = keras.layers.Dense(vocab_size, activation="softmax", name="next_char")(out)
     return keras.Model(ids, probs, name="conv1d")

@@ -11,8 +11,10 @@ def one_hot(vocab_size: int) -> keras.layers.Layer:
                                   name="one_hot")
 
 
-def build(vocab_size: int, units: int) -> keras.Model:
+def build(vocab_size: int, units: int, sequence: bool = False) -> keras.Model:
+    """`sequence`: predict after every position, (batch, time, vocab), for training on all
+    targets; the same weights as the model that predicts after the last one."""
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")
-    hidden = keras.layers.LSTM(units, name="lstm")(one_hot(vocab_size)(ids))
+    hidden = keras.layers.LSTM(units, return_sequences=sequence, name="lstm")(one_hot(vocab_size)(ids))
     probs = keras.layers.Dense(vocab_size, activation="softmax", name="next_char")(hidden)
     return keras.Model(ids, probs, name="lstm")
