@@ -4,6 +4,7 @@ machine, measured by running the real stages, never typed by hand.
     python bench/quality.py --list                         # the rows it knows
     python bench/quality.py nietzsche/book nietzsche/gru   # measure these rows (each minutes to hours)
     python bench/quality.py --readme                       # rewrite README's table from what was measured
+    python bench/quality.py tinyshakespeare/quality --set train.time_limit=1200   # with an extra override
 
 Each row runs fetch, vectorize, train and sample in a fresh process, in its own folder under
 bench/runs/<corpus>-<row>/ (not tracked), with the row's Hydra overrides on top of conf/. The
@@ -78,9 +79,9 @@ def load() -> dict:
     return json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.is_file() else {}
 
 
-def measure(row: str, results: dict) -> dict:
+def measure(row: str, results: dict, extra: list[str]) -> dict:
     overrides, limit = ROWS[row]
-    overrides = list(overrides)
+    overrides = [*overrides, *extra]
     if limit == "book":
         book = results.get(f"{row.split('/')[0]}/book")
         if book is None:
@@ -91,7 +92,7 @@ def measure(row: str, results: dict) -> dict:
     out.unlink(missing_ok=True)
     # The stages' own progress shows on the terminal; the result comes back in a file.
     proc = subprocess.run([sys.executable, __file__, "--child", row, str(out), *overrides], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
     if proc.returncode != 0:
         sys.exit(f"error: row {row} failed (exit {proc.returncode}); its output is above")
     result = json.loads(out.read_text(encoding="utf-8"))
@@ -101,8 +102,8 @@ def measure(row: str, results: dict) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = ["| corpus | row | family | overrides | val loss (nats/char) | bits/char | best epoch / epochs | "
-             "training time | parameters | machine | measured |",
+    lines = [("| corpus | row | family | overrides | val loss (nats/char) | bits/char | best epoch / epochs | "
+              "training time | parameters | machine | measured |"),
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(results, key=lambda k: (results[k]["corpus"], results[k]["val_loss"])):
         r = results[key]
@@ -141,6 +142,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("rows", nargs="*", help=f"rows to measure, of: {', '.join(ROWS)}")
     parser.add_argument("--list", action="store_true", help="list the rows and their overrides")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra Hydra override for the rows measured now (shown in the table), e.g. train.time_limit=1200")
     parser.add_argument("--readme", action="store_true", help="rewrite README's quality table from bench/quality.json")
     args = parser.parse_args()
     if args.list:
@@ -152,7 +155,7 @@ def main() -> None:
         sys.exit(f"error: unknown rows {unknown}; --list shows them")
     results = load()
     for row in args.rows:
-        results[row] = measure(row, results)
+        results[row] = measure(row, results, args.set)
         tmp = RESULTS.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         tmp.replace(RESULTS)  # after every row: a long session keeps what it measured
