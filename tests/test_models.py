@@ -198,3 +198,30 @@ def test_training_on_all_targets_exports_the_last_position_model_with_the_books_
     assert model.output_shape == (None, len(meta["vocab"]))
     windows = np.load(workdir / "data/prepared/val.npy")[:40].astype("int64").reshape(2, 20)
     np.testing.assert_allclose(for_model(model, meta["maxlen"]).window_probs(windows), np.asarray(model(windows)), atol=2e-6)
+
+
+def test_a_time_limit_starts_no_epoch_that_would_overrun_and_still_exports_the_best(workdir):
+    from pipeline import fetch, train, vectorize
+    from pipeline.model import load
+
+    cfg = tiny(workdir, "train.epochs=5", "train.time_limit=0.001")
+    for stage in (fetch, vectorize):
+        stage.run(cfg)
+    trained = train.run(cfg)
+    assert trained["epochs"] == 1 and trained["stopped"].startswith("time limit: ")
+    assert len((workdir / "metrics/history.csv").read_text().splitlines()) == 2
+    assert load(workdir / "models")[1]["maxlen"] == cfg.vectorize.maxlen
+
+
+def test_val_step_fixes_the_held_out_windows_whatever_the_training_step(workdir):
+    """The same model measured on windows every val_step characters, whatever vectorize.step."""
+    from pipeline import fetch, sample, train, vectorize
+
+    cfg = tiny(workdir, "train.epochs=1", "vectorize.val_step=1", "sample.temperature=[0.5]")
+    for stage in (fetch, vectorize):
+        stage.run(cfg)
+    train.run(cfg)
+    a = sample.run(cfg)["val_loss"]
+    b = sample.run(tiny(workdir, "train.epochs=1", "vectorize.step=7", "vectorize.val_step=1", "sample.temperature=[0.5]"))["val_loss"]
+    c = sample.run(tiny(workdir, "train.epochs=1", "vectorize.step=7", "sample.temperature=[0.5]"))["val_loss"]
+    assert a == pytest.approx(b, abs=1e-6) and abs(a - c) > 1e-5
