@@ -1,8 +1,9 @@
 """Stage train: fit the model on windows cut from the character ids, log every epoch to MLflow.
 
 Reads <paths.prepared>/{train,val}.npy and vocab.json, and `seed`, `vectorize.maxlen`,
-`vectorize.step`, `model`, `train` (and `mlflow`, which only says where to log). Writes, under
-<paths.models>/: model.keras (the weights of the best validation epoch) and meta.json (vocab,
+`vectorize.step`, `vectorize.val_step`, `model`, `train` (and `mlflow`, which only says where to
+log). Writes, under <paths.models>/: model.keras (the weights of the best validation epoch, as the
+model that predicts after a window's last position, whatever `train.targets`) and meta.json (vocab,
 maxlen, lowercase, the config, the MLflow run); under <paths.metrics>/: history.csv (one row per
 epoch), loss.png (loss and val_loss per epoch) and train.json. After every epoch it generates
 text at each of `train.epoch_samples.temperatures` from a held-out window and logs it to MLflow.
