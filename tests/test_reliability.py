@@ -99,35 +99,63 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(workdir, capsys):
     assert json.loads((workdir / "metrics/train.json").read_text())["epochs"] == 1
 
 
-TOO_HIGH = ["train.learning_rate=1.0", "train.clipnorm=null", "train.divergence.max_ratio=1.1", "train.epochs=6"]
+DIVERGE = ["train.epochs=6", "train.plateau.patience=100"]  # no plateau cut: every lr change is the guard's
 
 
-def test_divergence_stops_and_keeps_the_best_model(workdir):
-    cfg = tiny(workdir, *TOO_HIGH, "train.divergence.action=stop")
+@pytest.fixture
+def nan_weights_at_epoch_5(monkeypatch):
+    """The weights turn NaN as epoch 5 begins, so that epoch 5 diverges (a NaN loss), whatever the
+    trajectory: the guard is tested on a divergence it must catch, not on one a seed happens to give."""
+    from pipeline import callbacks
+
+    epoch_end = callbacks.epoch_end
+
+    def poisoned(*args, **kwargs):
+        callback = epoch_end(*args, **kwargs)
+        begin = callback.on_epoch_begin
+
+        def on_epoch_begin(epoch, logs=None):
+            if epoch == 4:
+                callback.model.set_weights([np.full_like(w, np.nan) for w in callback.model.get_weights()])
+            begin(epoch, logs)
+
+        callback.on_epoch_begin = on_epoch_begin
+        return callback
+
+    monkeypatch.setattr(callbacks, "epoch_end", poisoned)
+
+
+def test_divergence_stops_and_keeps_the_best_model(workdir, nan_weights_at_epoch_5):
+    cfg = tiny(workdir, *DIVERGE, "train.divergence.action=stop")
     fetch.run(cfg)
     vectorize.run(cfg)
     result = train.run(cfg)
     assert result["stopped"].startswith("epoch 5 diverged") and "keeping the best model" in result["stopped"]
-    assert result["epochs"] == 5 and result["best_epoch"] == 4
+    rows = list(csv.DictReader((workdir / "metrics/history.csv").open()))
+    val = [float(r["val_loss"]) for r in rows]
+    assert result["epochs"] == 5 and np.isnan(val[4]) and result["best_epoch"] == 1 + int(np.argmin(val[:4]))
     run = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_run(result["run_id"])
     assert run.data.tags["diverged"] == result["stopped"]
-    # the exported model is epoch 4's: its validation loss is the best one
+    # the exported model is the best epoch's: its validation loss is the best one
     model = keras.saving.load_model(workdir / "models/model.keras", safe_mode=True)
     model.compile(loss="sparse_categorical_crossentropy")
     loss = model.evaluate(train.make_dataset(np.load(workdir / "data/prepared/val.npy"), 20, 3, 64, None, 0), verbose=0)
-    assert loss == pytest.approx(result["best_val_loss"], rel=1e-4)
+    assert loss == pytest.approx(result["best_val_loss"], rel=1e-4) and loss == pytest.approx(min(val[:4]), rel=1e-6)
 
 
-def test_divergence_rolls_back_with_a_lower_learning_rate(workdir):
-    cfg = tiny(workdir, *TOO_HIGH)
+def test_divergence_rolls_back_with_a_lower_learning_rate(workdir, nan_weights_at_epoch_5):
+    cfg = tiny(workdir, *DIVERGE)
     fetch.run(cfg)
     vectorize.run(cfg)
     result = train.run(cfg)
     assert result["rollbacks"] == 1 and result["stopped"] is None and result["epochs"] == 6
     rows = list(csv.DictReader((workdir / "metrics/history.csv").open()))
-    assert [float(r["lr"]) for r in rows] == [1.0] * 5 + [0.5]
-    # epoch 6 starts again from epoch 4's weights: better than the diverged epoch 5
-    assert float(rows[5]["val_loss"]) < float(rows[4]["val_loss"])
+    lr = cfg.train.learning_rate
+    assert [float(r["lr"]) for r in rows] == pytest.approx([lr] * 5 + [lr * cfg.train.plateau.factor])
+    # epoch 6 starts again from the best epoch's weights (not the NaN ones) and trains on from there
+    val = [float(r["val_loss"]) for r in rows]
+    assert np.isnan(val[4]) and np.isfinite(val[5]) and val[5] < min(val[:4]) + 0.05
+    assert "rolled back" in mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_run(result["run_id"]).data.tags["diverged"]
 
 
 def test_a_first_epoch_that_diverges_is_an_error_and_writes_nothing(workdir):
