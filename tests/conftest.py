@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,23 @@ def data_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its tables made and no runs. Making the tables takes MLflow
+    seconds (its schema migrations); a test copies this file instead. The session's `trained`
+    folder still makes its store from nothing, as every first run does."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def workdir(tmp_path, monkeypatch, data_dir):
-    """A working directory under tmp_path, the mirror set, MLflow pointed at a store inside it."""
+def workdir(tmp_path, monkeypatch, data_dir, empty_store):
+    """A working directory under tmp_path, the mirror set, MLflow pointed at a store inside it
+    (tmp_path/mlflow.db, empty)."""
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GENLAB_DATA_DIR", str(data_dir))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

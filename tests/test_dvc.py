@@ -23,7 +23,8 @@ def _sh(args, cwd, env):
 
 
 @pytest.fixture
-def repo(tmp_path, data_dir):
+def repo(tmp_path, data_dir, empty_store):
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
     (tmp_path / ".dvc").mkdir()  # the project's settings, not whatever cache a local run left
     for name in ("conf", "pipeline", "dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"):
         src = REPO / name
@@ -57,20 +58,6 @@ def test_repro_runs_what_changed_and_nothing_else(repo):
     assert repro(repo, "sample.temperature=0.7", "vectorize.maxlen=16") == []
 
 
-def test_dvc_exp_run_composes_params_from_conf(repo):
-    """DVC's Hydra composition: `-S` overrides go through conf/, and only what they touch re-runs."""
-    path, env = repo
-    assert repro(repo) == ["fetch", "vectorize", "train", "sample"]
-    _sh(["git", "add", "-A"], path, env)
-    _sh(["git", "commit", "-qm", "baseline"], path, env)
-    out = _sh([sys.executable, "-m", "dvc", "exp", "run", "-S", "experiment=tiny", "-S", "sample.temperature=0.3"], path, env)
-    assert _ran(out) == ["sample"]
-    params = config.load(path / "params.yaml")
-    assert config.temperatures(params.sample.temperature) == [0.3] and params.vectorize.maxlen == 20
-    shown = _sh([sys.executable, "-m", "dvc", "exp", "show", "--csv"], path, env)
-    assert "0.3" in shown and "best_val_loss" in shown
-
-
 def test_dvc_repro_after_a_kill_resumes_training(repo):
     """SIGKILL the whole `dvc repro` (DVC and the train stage) mid-training; the next repro resumes."""
     import signal
@@ -95,10 +82,12 @@ def test_dvc_repro_after_a_kill_resumes_training(repo):
     assert not (path / "checkpoints").exists()
 
 
-def test_dvc_queue_runs_a_grid_of_experiments(repo):
-    """The DVC way of sweeping: `dvc exp run --queue` with comma lists queues the grid, `dvc queue
-    start -j 2` runs it two at a time, `dvc exp show` lists each with its metrics, and DVC's run
-    cache serves a model it trained before instead of training it again."""
+def test_dvc_experiments_compose_params_from_conf_and_run_a_grid(repo):
+    """DVC's Hydra composition: `dvc exp run -S` overrides go through conf/, and only what they touch
+    re-runs. The DVC way of sweeping: `dvc exp run --queue` with comma lists queues the grid, `dvc
+    queue start -j 2` runs it two at a time, `dvc exp show` lists each with its metrics, and DVC's
+    run cache serves a model it trained before instead of training it again. (One test: both need
+    the same committed baseline, and each baseline costs a whole pipeline run.)"""
     import time
 
     path, env = repo
@@ -106,6 +95,11 @@ def test_dvc_queue_runs_a_grid_of_experiments(repo):
     _sh(["git", "add", "-A"], path, env)
     _sh(["git", "commit", "-qm", "baseline"], path, env)
     dvc = [sys.executable, "-m", "dvc"]
+    out = _sh([*dvc, "exp", "run", "-S", "experiment=tiny", "-S", "sample.temperature=0.3"], path, env)
+    assert _ran(out) == ["sample"]
+    params = config.load(path / "params.yaml")
+    assert config.temperatures(params.sample.temperature) == [0.3] and params.vectorize.maxlen == 20
+
     out = _sh([*dvc, "exp", "run", "--queue", "-S", "experiment=tiny", "-S", "sample.temperature=0.2,1.0",
                "-S", "vectorize.maxlen=16,20"], path, env)
     assert out.count("Queued experiment") == 4
@@ -121,7 +115,8 @@ def test_dvc_queue_runs_a_grid_of_experiments(repo):
     shown = subprocess.run([*dvc, "exp", "show", "--csv"], cwd=path, env=env, capture_output=True, text=True, check=True)
     rows = list(csv.DictReader(io.StringIO(shown.stdout)))
     grid = {(r["sample.temperature"], r["vectorize.maxlen"]): r for r in rows if r["Experiment"]}
-    assert set(grid) == {(t, m) for t in ("0.2", "1.0") for m in ("16", "20")}
+    assert set(grid) == {(t, m) for t in ("0.2", "1.0") for m in ("16", "20")} | {("0.3", "20")}
+    assert grid[("0.3", "20")]["best_val_loss"] == grid[("0.2", "20")]["best_val_loss"]  # the baseline's model
     for (t, m), r in grid.items():
         assert float(r["best_val_loss"]) > 0 and float(r[f"metrics.{t}.nll_per_char"]) > 0
     assert grid[("0.2", "16")]["best_val_loss"] == grid[("1.0", "16")]["best_val_loss"]  # one model per maxlen
