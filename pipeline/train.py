@@ -53,6 +53,14 @@ def make_optimizer(name: str, learning_rate: float, clipnorm: float | None = Non
             "sgd": keras.optimizers.SGD}[name](learning_rate=learning_rate, clipnorm=clipnorm)
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB: what a machine must have for the stage."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)  # bytes on macOS, KiB on Linux
+
+
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()  # DVC's own content hash for a file
 
@@ -205,15 +213,16 @@ def run(cfg) -> dict:
         writer.writerows(history)
         artifacts.write_text(metrics_dir / "history.csv", buf.getvalue())
         plot_losses(history, metrics_dir / "loss.png")
-        artifacts.write_json(metrics_dir / "train.json", metrics)
 
-        mlflow.log_metrics({"best_val_loss": metrics["best_val_loss"], "best_val_bpc": metrics["val_bpc"],
-                            "seconds_per_epoch": metrics["seconds_per_epoch"]})
         mlflow.log_artifact(str(models_dir / "model.keras"), "model")
         mlflow.log_artifact(str(models_dir / "meta.json"), "model")
         mlflow.log_artifact(str(metrics_dir / "history.csv"))
         mlflow.log_artifact(str(metrics_dir / "loss.png"))
         pyfunc.log(models_dir, cfg.mlflow.registered_model)
+        metrics["peak_rss_mib"] = peak_rss_mib()  # the whole stage's, its last step included
+        mlflow.log_metrics({"best_val_loss": metrics["best_val_loss"], "best_val_bpc": metrics["val_bpc"],
+                            "seconds_per_epoch": metrics["seconds_per_epoch"], "peak_rss_mib": metrics["peak_rss_mib"]})
+        artifacts.write_json(metrics_dir / "train.json", metrics)
     if checkpoints is not None:
         checkpoint.clear(checkpoints)  # the outputs are written: nothing left to resume
     print(f"train: best val_loss {metrics['best_val_loss']:.4f} ({metrics['val_bpc']:.3f} bits/char) "

@@ -26,6 +26,8 @@ def test_run_writes_model_history_metrics_and_samples(finished_run):
     assert metrics["best_val_loss"] == pytest.approx(min(float(r["val_loss"]) for r in rows))
     assert metrics["val_bpc"] == pytest.approx(metrics["best_val_loss"] / 0.6931471805599453)
     assert metrics["seconds_per_epoch"] > 0
+    # TensorFlow alone is some 600 MiB resident: a figure in KiB, bytes or GiB would be far outside
+    assert 300 < metrics["peak_rss_mib"] < 16 * 1024
     names = sorted(p.name for p in (workdir / "samples").iterdir())
     assert names == ["temperature_0.5.txt", "temperature_1.2.txt"]
     for name in names:
@@ -56,6 +58,8 @@ def test_mlflow_holds_params_per_epoch_metrics_samples_and_model(finished_run):
     p = run.data.params
     assert p["vectorize.maxlen"] == "20" and p["model.units"] == "16" and p["train.learning_rate"] == "0.01"
     assert p["corpus.name"] == "nietzsche" and p["seed"] == "1337"
+    assert run.data.metrics["peak_rss_mib"] == pytest.approx(
+        json.loads((workdir / "metrics/train.json").read_text())["peak_rss_mib"])
     tags = run.data.tags
     assert tags["seed"] == "1337" and tags["tensorflow"] and tags["keras"]
     assert tags["data.train_md5"] and tags["corpus.sha256"].startswith("9cb94a5f")
