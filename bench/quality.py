@@ -7,7 +7,7 @@ machine, measured by running the real stages, never typed by hand.
     python bench/quality.py tinyshakespeare/quality --set train.time_limit=1200   # with an extra override
 
 Each row runs fetch, vectorize, train and sample in a fresh process, in its own folder under
-bench/runs/<corpus>-<row>/ (not tracked), with the row's Hydra overrides on top of conf/. The
+bench/runs/<corpus>-<row>/ (not tracked, emptied first), with the row's Hydra overrides on top of conf/. The
 equal-time rows (`time_limit: book`) get `train.time_limit` set to the measured training time of
 the same corpus's book row, which therefore runs first. Every measured row is kept, with its
 machine and date, in bench/quality.json (rows measured on a GPU machine sit beside CPU ones);
@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -58,7 +59,10 @@ def child(row: str, overrides: list[str]) -> dict:
     from pipeline import config, fetch, sample, train, vectorize
 
     folder = RUNS / row.replace("/", "-")
-    folder.mkdir(parents=True, exist_ok=True)
+    # From nothing: a checkpoint that an interrupted measurement left would be resumed, and the
+    # training time would leave out the epochs it holds.
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     os.chdir(folder)
     corpus = row.split("/")[0]
     cfg = config.compose([f"corpus={corpus}", *overrides, f"mlflow.tracking_uri=sqlite:///{folder}/mlflow.db",
