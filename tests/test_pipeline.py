@@ -88,6 +88,7 @@ def test_loss_plot_is_a_png_of_the_history(finished_run):
     assert image[..., :3].std() > 0.05  # lines and text drawn, not a blank canvas
 
 
+@pytest.mark.slow
 def test_hydra_multirun_gives_one_mlflow_run_per_job(workdir, data_dir):
     # A relative corpus.path is the user's, relative to where they ran the command, not to the job folder.
     (workdir / "mine.txt").write_text((data_dir / "nietzsche.txt").read_text(encoding="utf-8")[:30000], encoding="utf-8")
