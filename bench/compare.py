@@ -145,9 +145,10 @@ def child_generate(side: str, length: int) -> dict:
     return out
 
 
-def child_dvc_noop(reps: int) -> dict:
-    """A throwaway git+DVC copy of the project, the tiny pipeline run once, then `dvc repro` with
-    nothing changed, `reps` times (the median)."""
+def child_dvc(reps: int) -> dict:
+    """A throwaway git+DVC copy of the project; `dvc repro` of the default pipeline on full Nietzsche
+    for one epoch, whose train stage reports its own peak RSS (metrics/train.json); then `dvc repro`
+    with nothing changed, `reps` times (the median)."""
     work = Path(tempfile.mkdtemp())
     try:
         (work / ".dvc").mkdir()
@@ -157,9 +158,10 @@ def child_dvc_noop(reps: int) -> dict:
         env = {**os.environ, "GENLAB_DATA_DIR": str(_corpus().parent), "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         subprocess.run(["git", "init", "-q"], cwd=work, check=True)
-        subprocess.run([sys.executable, "-m", "pipeline.config", "experiment=tiny", "train.epochs=1"], cwd=work, env=env,
+        subprocess.run([sys.executable, "-m", "pipeline.config", "train.epochs=1"], cwd=work, env=env,
                        check=True, capture_output=True)
         subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=work, env=env, check=True, capture_output=True)
+        trained = json.loads((work / "metrics/train.json").read_text(encoding="utf-8"))
         times = []
         for _ in range(reps):
             started = time.perf_counter()
@@ -168,12 +170,13 @@ def child_dvc_noop(reps: int) -> dict:
             times.append(time.perf_counter() - started)
             if "Running stage" in out.stdout:
                 raise RuntimeError(f"a no-op dvc repro ran a stage:\n{out.stdout}")
-        return {"seconds": statistics.median(times)}
+        return {"seconds": statistics.median(times), "stage_peak_mib": trained["peak_rss_mib"],
+                "stage_seconds_per_epoch": trained["seconds_per_epoch"]}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-CHILDREN = {"vectorize": child_vectorize, "train": child_train, "generate": child_generate, "dvc_noop": child_dvc_noop}
+CHILDREN = {"vectorize": child_vectorize, "train": child_train, "generate": child_generate, "dvc": child_dvc}
 
 
 # --- parent -------------------------------------------------------------------------------------
@@ -252,8 +255,8 @@ def main() -> None:
     ratio = tg["samples_per_second"] / tb["samples_per_second"]
     add("train samples/s, batch 128, whole fit()", tb["samples_per_second"], tg["samples_per_second"], ratio,
         ">= 1.2x", ratio >= 1.2, "samples/s")
-    add("train peak RSS (full Nietzsche)", tb["peak_mib"], tg["peak_mib"], tb["peak_mib"] / tg["peak_mib"],
-        "genlab <= 1024 MiB", tg["peak_mib"] <= 1024, "MiB")
+    add("train peak RSS, the fit() process alone", tb["peak_mib"], tg["peak_mib"], tb["peak_mib"] / tg["peak_mib"],
+        "report", None, "MiB")
     add("loss after 1 epoch, batch 128", tb["loss"], tg["loss"], tg["loss"] / tb["loss"], "within noise (|diff| <= 0.05)",
         abs(tg["loss"] - tb["loss"]) <= 0.05, "nats")
     for jit in (False, True):
@@ -272,8 +275,14 @@ def main() -> None:
         cost = gg[f"{mode}_4_seconds_per_stream_char"] / gg[f"{mode}_1_seconds_per_stream_char"]
         add(f"4 temperatures / 1 temperature, time, {mode} mode", None, cost, cost, "<= 1.5", cost <= 1.5, "x")
 
-    noop = measure(1, "dvc_noop", r)  # one throwaway repository, the median of r no-op repros
-    add("no-op dvc repro", None, noop["seconds"], None, "<= 10 s", noop["seconds"] <= 10, "s")
+    dvc = measure(1, "dvc", r)  # one throwaway repository: the real stages once, then the median of r no-op repros
+    gb = 10**9 / 2**20  # 1 GB in MiB
+    add("train stage peak RSS, dvc repro, full Nietzsche (book: its fit() process)", tb["peak_mib"],
+        dvc["stage_peak_mib"], tb["peak_mib"] / dvc["stage_peak_mib"], f"genlab <= 1 GB ({gb:.1f} MiB)",
+        dvc["stage_peak_mib"] <= gb, "MiB")
+    add("train stage epoch, validation and per-epoch samples included", None, dvc["stage_seconds_per_epoch"], None,
+        "report", None, "s")
+    add("no-op dvc repro", None, dvc["seconds"], None, "<= 10 s", dvc["seconds"] <= 10, "s")
 
     if args.json:
         for f in figures:
