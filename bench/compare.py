@@ -9,8 +9,9 @@ Every measurement runs in a fresh process of its own (so peak RSS is that side's
 only the work, after imports and any warm-up. Cheap figures are the median of --reps runs; the
 whole batch-128 training epoch the median of --train-reps runs per side, book and genlab taken in
 turn; the batch-512 epochs (reported, no target) one run each. Needs the Nietzsche corpus:
-$GENLAB_DATA_DIR or data/raw/nietzsche.txt. Takes about 9 minutes on a 2-core CPU (each extra
---train-reps adds about 2.5).
+$GENLAB_DATA_DIR or data/raw/nietzsche.txt. Measured: 20 minutes on a 2-core AMD EPYC without
+AVX-512; 8.5 minutes on one with it, before the train-stage row (one epoch of the real pipeline
+under `dvc repro`) was added. Each extra --train-reps adds two training epochs.
 """
 from __future__ import annotations
 
@@ -208,11 +209,23 @@ def measure_pair(reps: int, name: str, book_args: tuple, genlab_args: tuple) -> 
     return _median([b for b, _ in runs]), _median([g for _, g in runs])
 
 
+def cpu() -> str:
+    """The CPU's model and whether it has AVX-512: TensorFlow's CPU kernels, and so the ratios, differ
+    between CPUs of the same name with and without it."""
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.machine())
+    return f"{name} ({'AVX-512' if ' avx512f' in info else 'no AVX-512'})"
+
+
 def machine() -> str:
     import keras
     import tensorflow as tf
 
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+    return (f"{cpu()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
             f"TensorFlow {tf.__version__}, Keras {keras.__version__}, numpy {__import__('numpy').__version__}")
 
 
