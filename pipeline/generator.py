@@ -102,26 +102,34 @@ class Sampler:
             raise ValueError(f"mode must be one of {self.modes} for this model ({self.family}), got {mode!r}")
         temps = np.asarray(temperatures, dtype=np.float64)
         prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(-1)
-        # The window mode sees the last maxlen characters; the stateful mode reads the whole prompt.
-        streams = np.tile(prompt[-self.maxlen:] if mode == "window" else prompt, (len(temps), 1))
-        if mode == "stateful":
-            h, state = self.run(streams)
-            logits = self.logits(h)
-        else:
-            logits = self.window_logits(streams)
-        streams = streams[:, -self.maxlen:]
+
+        def draw(logits):  # sampling from logits skips a softmax per character
+            return logits.argmax(axis=-1) if greedy else sample_logits(logits, temps, rng)
+
+        if mode == "window":
+            yield from self.window_stream(prompt[-self.maxlen:], len(temps), length, draw)
+            return
+        # The stateful mode reads the whole prompt.
+        streams = np.tile(prompt, (len(temps), 1))
+        h, state = self.run(streams)
+        logits = self.logits(h)
         for k in range(length):
-            # Sampling from logits skips a softmax per character.
-            nxt = logits.argmax(axis=-1) if greedy else sample_logits(logits, temps, rng)
+            nxt = draw(logits)
             yield nxt
             if k + 1 == length:
                 break
-            if mode == "stateful":
-                h, state = self.step(nxt, state)
-                logits = self.logits(h)
-            else:
-                streams = np.concatenate([streams, nxt[:, None]], axis=1)[:, -self.maxlen:]
-                logits = self.window_logits(streams)
+            h, state = self.step(nxt, state)
+            logits = self.logits(h)
+
+    def window_stream(self, prompt: np.ndarray, n: int, length: int, draw) -> Iterator[np.ndarray]:
+        """The window mode for `n` streams after `prompt` (at most maxlen ids): each next id is
+        `draw(the logits of model(the last maxlen ids))`. Here one forward pass of a whole window
+        per character; `Generator` overrides it with a pipelined version."""
+        streams = np.tile(prompt, (n, 1))
+        for k in range(length):
+            nxt = draw(self.window_logits(streams))
+            yield nxt
+            streams = np.concatenate([streams, nxt[:, None]], axis=1)[:, -self.maxlen:]
 
     def generate(self, prompt_ids, temperatures, length: int, rng, mode: str = "window",
                  greedy: bool = False, progress: bool = False) -> np.ndarray:
@@ -274,6 +282,40 @@ class Generator(Sampler):
 
     def window_logits(self, windows: np.ndarray) -> np.ndarray:
         return self.logits(self.run(np.asarray(windows))[0])
+
+    def window_stream(self, prompt: np.ndarray, n: int, length: int, draw) -> Iterator[np.ndarray]:
+        """The window mode, pipelined: exactly `model(last maxlen ids)` for every character, at the
+        cost of one cell update of maxlen windows per character instead of maxlen updates of one.
+
+        The window that predicts position j reads positions max(0, j - maxlen) .. j - 1, from a zero
+        state. All but the last of those are known before position j - 1 is drawn, so the maxlen
+        windows of the next maxlen positions are carried side by side, each at its own offset: every
+        new character is fed to all of them in one batched step, the one window it completes gives
+        the next character's logits, and that window's slot restarts from zero as the window of the
+        position maxlen further on. Slot j % maxlen, column slot * n + stream, holds window j."""
+        w, m = self.maxlen, len(prompt)  # m <= maxlen: the stream passes the prompt's last maxlen ids
+        text = np.empty((n, m + length), dtype=np.int64)
+        text[:, :m] = prompt
+        state = self.zero_state(w * n)  # the windows that start reading at position 0
+        pos = m  # the next position to draw
+        if m == 0 and length:  # the window of position 0 is empty: the zero state's prediction
+            nxt = draw(self.logits(np.zeros((n, self.units), np.float32)))
+            yield nxt
+            text[:, 0], pos = nxt, 1
+        for p in range(m + length - 1):  # feed position p to every window that reads it
+            if pos == m + length:
+                break
+            if p > 0:  # window p + maxlen starts reading at p, in the slot of window p, just completed
+                cols = slice((p % w) * n, (p % w + 1) * n)
+                for layer_state in state:
+                    for a in layer_state:
+                        a[:, cols] = 0.0
+            h, state = self.step(np.tile(text[:, p], w), state)
+            if p + 1 == pos:  # window pos has read its last position
+                slot = pos % w
+                nxt = draw(self.logits(h[slot * n:(slot + 1) * n]))
+                yield nxt
+                text[:, pos], pos = nxt, pos + 1
 
 
 class WindowGenerator(Sampler):

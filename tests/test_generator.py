@@ -85,6 +85,34 @@ def test_window_mode_is_model_of_the_last_maxlen_characters_at_every_step(model)
     assert out[0].tolist() == _greedy_reference(model, prompt, 20, maxlen)
 
 
+@pytest.mark.parametrize("prompt_len", [0, 2, 6, 9])
+def test_window_mode_gives_the_models_probabilities_at_every_step(model, prompt_len):
+    """The pipelined window mode: at every step, for every stream, the logits it draws from are
+    model(the last maxlen ids of that stream's text), whether the text is shorter than maxlen, as
+    long, or longer. Random draws make the streams' texts differ."""
+    maxlen, n, length = 6, 3, 14
+    rng = np.random.default_rng(prompt_len)
+    prompt = rng.integers(0, 11, prompt_len)
+    seen = []
+
+    def draw(logits):
+        seen.append(np.array(logits))
+        return rng.integers(0, 11, len(logits))
+
+    out = np.stack(list(Generator(model, maxlen).window_stream(prompt[-maxlen:], n, length, draw)), axis=1)
+    assert out.shape == (n, length) and len(seen) == length
+    for k, logits in enumerate(seen):
+        windows = np.concatenate([np.tile(prompt, (n, 1)), out[:, :k]], axis=1)[:, -maxlen:]
+        probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        if windows.shape[1] == 0:  # nothing read yet: the softmax of the output bias
+            b = model.get_layer("next_char").get_weights()[1]
+            expected = np.tile(np.exp(b) / np.exp(b).sum(), (n, 1))
+        else:
+            expected = np.asarray(model(windows.astype("int32")))
+        np.testing.assert_allclose(probs, expected, atol=2e-6, err_msg=f"step {k}")
+
+
 def test_stateful_mode_matches_the_model_while_shorter_than_maxlen(model):
     maxlen, prompt = 30, [3, 1, 4]
     gen = Generator(model, maxlen)
