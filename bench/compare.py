@@ -73,6 +73,23 @@ def child_vectorize(side: str) -> dict:
     return {"seconds": seconds, "windows": v.count_windows(len(text), MAXLEN, STEP), "bytes_out": size}
 
 
+def _phases():
+    """A callback that notes when fit() starts training and when its epoch ends, so that the whole
+    call splits into setup, the epoch (its steps) and the teardown after it."""
+    import keras
+
+    class Phases(keras.callbacks.Callback):
+        begin = end = None
+
+        def on_train_begin(self, logs=None):
+            self.begin = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.end = time.perf_counter()
+
+    return Phases()
+
+
 def child_train(side: str, batch: int, jit: bool) -> dict:
     import keras
     import numpy as np
@@ -84,8 +101,9 @@ def child_train(side: str, batch: int, jit: bool) -> dict:
 
         x, y, chars, _ = book.vectorize(text, MAXLEN, STEP)
         model = book.build_model(MAXLEN, len(chars), UNITS)
+        phases = _phases()
         started = time.perf_counter()  # the whole fit() call, as the user waits for it
-        history = model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+        history = model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=[phases])
         seconds, samples = time.perf_counter() - started, len(x)
     else:
         from pipeline import config, train, vectorize as v
@@ -100,12 +118,14 @@ def child_train(side: str, batch: int, jit: bool) -> dict:
         model.compile(optimizer=train.make_optimizer(t.optimizer, t.learning_rate, t.clipnorm),
                       loss="sparse_categorical_crossentropy", jit_compile=jit,
                       steps_per_execution=t.steps_per_execution)
+        phases = _phases()
         started = time.perf_counter()  # the whole fit() call, dataset included
         history = model.fit(train.make_dataset(ids, MAXLEN, STEP, batch, t.shuffle_buffer, cfg.seed, 0),
-                            epochs=1, verbose=0)
+                            epochs=1, verbose=0, callbacks=[phases])
         seconds, samples = time.perf_counter() - started, v.count_windows(len(train_text), MAXLEN, STEP)
     return {"seconds": seconds, "samples": samples, "samples_per_second": samples / seconds,
-            "loss": float(np.asarray(history.history["loss"][-1]))}
+            "loss": float(np.asarray(history.history["loss"][-1])), "setup_seconds": phases.begin - started,
+            "epoch_seconds": phases.end - phases.begin, "teardown_seconds": started + seconds - phases.end}
 
 
 def child_generate(side: str, length: int) -> dict:
@@ -184,12 +204,13 @@ CHILDREN = {"vectorize": child_vectorize, "train": child_train, "generate": chil
 
 def _child(name: str, *args) -> dict:
     """One measurement in a fresh process."""
+    started = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--child", name, *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode != 0:
         sys.exit(f"error: {name} {args} failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"  {name} {' '.join(map(str, args))}: {result}", file=sys.stderr, flush=True)
+    print(f"  {name} {' '.join(map(str, args))} ({time.perf_counter() - started:.0f} s): {result}", file=sys.stderr, flush=True)
     return result
 
 
@@ -250,6 +271,7 @@ def main() -> None:
     assert (d.vectorize.maxlen, d.vectorize.step, d.model.units, d.train.batch_size) == (MAXLEN, STEP, UNITS, 128), \
         "genlab's defaults no longer match the book's recipe: update the benchmark"
     print(f"corpus {_corpus()}; measuring (each line: one fresh process) ...", file=sys.stderr, flush=True)
+    began = time.perf_counter()
     r = args.reps
     figures = []
 
@@ -268,6 +290,11 @@ def main() -> None:
     ratio = tg["samples_per_second"] / tb["samples_per_second"]
     add("train samples/s, batch 128, whole fit()", tb["samples_per_second"], tg["samples_per_second"], ratio,
         ">= 1.2x", ratio >= 1.2, "samples/s")
+    steps = [r["samples"] / r["epoch_seconds"] for r in (tb, tg)]
+    add("train samples/s, batch 128, the epoch alone (fit() less setup and teardown)", steps[0], steps[1],
+        steps[1] / steps[0], "report", None, "samples/s")
+    for part in ("setup", "teardown"):
+        add(f"train fit() {part}, batch 128", tb[f"{part}_seconds"], tg[f"{part}_seconds"], None, "report", None, "s")
     add("train peak RSS, the fit() process alone", tb["peak_mib"], tg["peak_mib"], tb["peak_mib"] / tg["peak_mib"],
         "report", None, "MiB")
     add("loss after 1 epoch, batch 128", tb["loss"], tg["loss"], tg["loss"] / tb["loss"], "within noise (|diff| <= 0.05)",
@@ -297,6 +324,7 @@ def main() -> None:
         "report", None, "s")
     add("no-op dvc repro", None, dvc["seconds"], None, "<= 10 s", dvc["seconds"] <= 10, "s")
 
+    print(f"measured in {(time.perf_counter() - began) / 60:.1f} minutes", file=sys.stderr, flush=True)
     if args.json:
         for f in figures:
             print(json.dumps(f))

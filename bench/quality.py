@@ -20,12 +20,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from compare import cpu  # bench/compare.py, beside this script: the CPU's model and AVX-512 or not
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench/quality.json"
@@ -50,7 +51,7 @@ def machine() -> str:
 
     gpus = [tf.config.experimental.get_device_details(d).get("device_name", d.name)
             for d in tf.config.list_physical_devices("GPU")]
-    where = ", ".join(gpus) if gpus else f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})"
+    where = ", ".join(gpus) if gpus else f"{os.cpu_count()}-core {cpu()}"
     return f"{where}, TF {tf.__version__}"
 
 
