@@ -6,7 +6,8 @@ NaN for zero probabilities or tiny temperatures. `Generator` runs a trained recu
 temperature), in one of two modes:
 
 - window (the book's semantics): each next character is predicted from the last `maxlen`
-  characters, recomputed from a zero state, exactly `model(window)`;
+  characters, recomputed from a zero state, exactly `model(window)`; the windows of the next
+  `maxlen` characters advance together, so a character costs one batched cell update, not maxlen;
 - stateful: the LSTM state is carried from character to character, so each step costs one cell
   update. Identical to `window` while the text is shorter than maxlen; after that it conditions
   on the whole history instead of the last maxlen characters.
@@ -70,8 +71,10 @@ def sample_logits(logits, temperature, rng) -> np.ndarray:
         with np.errstate(all="ignore"):
             e = np.exp(z - np.nanmax(np.where(np.isfinite(z), z, -np.inf), axis=-1, keepdims=True))
         return sample_next(e, temperature, rng)
-    t = np.broadcast_to(np.asarray(temperature, dtype=np.float64), (z.shape[0],))
-    cdf = np.cumsum(np.exp((z - z.max(axis=-1, keepdims=True)) / t[:, None]), axis=-1)
+    t = np.asarray(temperature, dtype=np.float64)
+    q = z - z.max(axis=-1, keepdims=True)
+    q /= t[:, None] if t.ndim else t  # in place, and no broadcast_to: this runs once per character
+    cdf = np.exp(q, out=q).cumsum(axis=-1)
     x = (1.0 - _uniform(rng, z.shape[0])) * cdf[:, -1]
     return (cdf < x[:, None]).sum(axis=-1)
 
