@@ -330,7 +330,7 @@ def main() -> None:
             print(json.dumps(f))
         return
     print(f"machine: {machine()}")
-    print(f"corpus: {_corpus()} (maxlen {MAXLEN}, step {STEP}, LSTM({UNITS})); medians of {r} runs, {tr} per side for training at batch 128")
+    print(f"corpus: {_corpus()} (maxlen {MAXLEN}, step {STEP}, LSTM({UNITS})); medians of {r} runs, {args.train_reps} per side for training at batch 128")
     fmt = lambda v: "-" if v is None else f"{v:,.4g}"  # noqa: E731
     rows = [("figure", "book", "genlab", "ratio", "target", "met")] + [
         (f["figure"] + f" [{f['unit']}]", fmt(f["book"]), fmt(f["genlab"]), fmt(f["ratio"]), f["target"],
