@@ -297,6 +297,9 @@ class Generator(Sampler):
         the next character's logits, and that window's slot restarts from zero as the window of the
         position maxlen further on. Slot j % maxlen, column slot * n + stream, holds window j."""
         w, m = self.maxlen, len(prompt)  # m <= maxlen: the stream passes the prompt's last maxlen ids
+        if 4 * length < w:  # a few characters: filling the pipeline (up to maxlen steps) would cost more
+            yield from super().window_stream(prompt, n, length, draw)
+            return
         text = np.empty((n, m + length), dtype=np.int64)
         text[:, :m] = prompt
         state = self.zero_state(w * n)  # the windows that start reading at position 0

@@ -85,12 +85,12 @@ def test_window_mode_is_model_of_the_last_maxlen_characters_at_every_step(model)
     assert out[0].tolist() == _greedy_reference(model, prompt, 20, maxlen)
 
 
-@pytest.mark.parametrize("prompt_len", [0, 2, 6, 9])
-def test_window_mode_gives_the_models_probabilities_at_every_step(model, prompt_len):
+@pytest.mark.parametrize("prompt_len, length", [(0, 14), (2, 14), (6, 14), (9, 14), (9, 1), (2, 1)])
+def test_window_mode_gives_the_models_probabilities_at_every_step(model, prompt_len, length):
     """The pipelined window mode: at every step, for every stream, the logits it draws from are
     model(the last maxlen ids of that stream's text), whether the text is shorter than maxlen, as
     long, or longer. Random draws make the streams' texts differ."""
-    maxlen, n, length = 6, 3, 14
+    maxlen, n = 6, 3  # length 1 < maxlen / 4: the unpipelined path
     rng = np.random.default_rng(prompt_len)
     prompt = rng.integers(0, 11, prompt_len)
     seen = []
