@@ -13,6 +13,7 @@ The model is logged twice: the Keras file under model/, and the MLflow pyfunc te
 from __future__ import annotations
 
 import csv
+import ctypes
 import hashlib
 import io
 import json
@@ -59,6 +60,16 @@ def peak_rss_mib() -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (2**20 if sys.platform == "darwin" else 2**10)  # bytes on macOS, KiB on Linux
+
+
+def release_free_memory() -> None:
+    """Hand the allocator's free pages back to the system (glibc's malloc_trim; elsewhere nothing).
+    Each epoch's freed batches otherwise stay in the heap, fragmented: measured on full Nietzsche, the
+    stage's RSS grew about 1 MiB per 100 steps without it and not at all with it."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _md5(path: Path) -> str:
@@ -177,11 +188,15 @@ def run(cfg) -> dict:
         # A progress bar on a terminal; in a log, the callback's one line per epoch says it all.
         extra = [callbacks.progress_bar(t.epochs)] if sys.stdout.isatty() else []
         started, first, time_stop = time.perf_counter(), len(state["history"]), None
+        # One dataset for all epochs, each iteration in the order of the epoch it serves.
+        current = {"epoch": first}
+        train_ds = make_dataset(train_ids, maxlen, step, t.batch_size, t.shuffle_buffer, cfg.seed,
+                                lambda: current["epoch"], t.targets)
         for epoch in range(first, t.epochs):  # one fit() per epoch: each has its own shuffle
-            model.fit(make_dataset(train_ids, maxlen, step, t.batch_size, t.shuffle_buffer, cfg.seed, epoch, t.targets),
-                      validation_data=None if sequence else val_ds, initial_epoch=epoch, epochs=epoch + 1,
-                      callbacks=[*held_out, callback, *extra],
-                      shuffle=False, verbose=0)
+            current["epoch"] = epoch
+            model.fit(train_ds, validation_data=None if sequence else val_ds, initial_epoch=epoch, epochs=epoch + 1,
+                      callbacks=[*held_out, callback, *extra], shuffle=False, verbose=0)
+            release_free_memory()
             if callback.stop_reason:
                 break
             elapsed = time.perf_counter() - started

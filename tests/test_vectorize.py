@@ -83,3 +83,28 @@ def test_tinyshakespeare_keeps_its_case_with_one_override(workdir):
     assert len(vocab) == 65 and "A" in vocab and "a" in vocab
     n = len(np.load(workdir / "data/prepared/train.npy")) + len(np.load(workdir / "data/prepared/val.npy"))
     assert n == 1115394
+
+
+@pytest.mark.parametrize("shuffle", [None, 0, 50])
+@pytest.mark.parametrize("targets", ["last", "all"])
+def test_one_dataset_for_all_epochs_gives_each_epochs_batches(shuffle, targets):
+    """Training iterates one dataset whose epoch is read when an iteration starts: each iteration
+    must give exactly the batches of a dataset built for that epoch, and the epochs differ."""
+    import tensorflow as tf
+
+    tf.random.set_seed(3)  # as keras.utils.set_random_seed does in the train stage
+    ids = np.random.default_rng(0).integers(0, 30, 3000).astype(np.uint8)
+    current = {"epoch": 0}
+    shared = vectorize.make_dataset(ids, 10, 3, 64, shuffle, 7, lambda: current["epoch"], targets)
+    seen = {}
+    for epoch in (0, 1, 2, 1):
+        current["epoch"] = epoch
+        got = list(shared.as_numpy_iterator())
+        want = list(vectorize.make_dataset(ids, 10, 3, 64, shuffle, 7, epoch, targets).as_numpy_iterator())
+        assert len(got) == len(want) == 16  # ceil(997 windows / 64)
+        for (x, y), (wx, wy) in zip(got, want):
+            np.testing.assert_array_equal(x, wx)
+            np.testing.assert_array_equal(y, wy)
+        seen[epoch] = np.concatenate([x[:, 0] for x, _ in got])
+    assert sorted(seen[0].tolist()) == sorted(seen[1].tolist())  # the same windows, each once
+    assert (seen[0] == seen[1]).all() == (shuffle is None)  # in a new order each epoch when shuffled
