@@ -179,12 +179,14 @@ def child_dvc(reps: int) -> dict:
         for name in ("conf", "pipeline", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore"):
             src = ROOT / name
             (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
-        env = {**os.environ, "GENLAB_DATA_DIR": str(_corpus().parent), "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
+        # Absolute: the stages run in `work`, where a relative GENLAB_DATA_DIR would name nothing.
+        env = {**os.environ, "GENLAB_DATA_DIR": str(_corpus().parent.resolve()), "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         subprocess.run(["git", "init", "-q"], cwd=work, check=True)
-        subprocess.run([sys.executable, "-m", "pipeline.config", "train.epochs=1"], cwd=work, env=env,
-                       check=True, capture_output=True)
-        subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=work, env=env, check=True, capture_output=True)
+        for command in (["pipeline.config", "train.epochs=1"], ["dvc", "repro"]):
+            done = subprocess.run([sys.executable, "-m", *command], cwd=work, env=env, capture_output=True, text=True)
+            if done.returncode:  # what failed, not only that it did
+                raise RuntimeError(f"{' '.join(command)} in {work} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         trained = json.loads((work / "metrics/train.json").read_text(encoding="utf-8"))
         import numpy as np
 
