@@ -108,16 +108,14 @@ def child_train(side: str, batch: int, jit: bool) -> dict:
         seconds, samples = time.perf_counter() - started, len(x)
     else:
         from pipeline import config, train, vectorize as v
-        from omegaconf import OmegaConf
-
-        from pipeline.model import build
+        from pipeline.model import MODELS
 
         cfg = config.compose([f"train.batch_size={batch}"])
         t = cfg.train
         train_text, _ = v.split(text, cfg.vectorize.val_fraction, MAXLEN, "corpus")
         vocab = v.build_vocab(text)
         ids = v.encode(train_text, vocab)
-        model = build(len(vocab), training=True, **OmegaConf.to_container(cfg.model))  # as the train stage builds it
+        model = MODELS[cfg.model.name](len(vocab), cfg.model.units)
         model.compile(optimizer=train.make_optimizer(t.optimizer, t.learning_rate, t.clipnorm),
                       loss="sparse_categorical_crossentropy", jit_compile=jit,
                       steps_per_execution=t.steps_per_execution)

@@ -123,7 +123,6 @@ class Train:
     learning_rate: float = MISSING
     batch_size: int = MISSING
     steps_per_execution: int = MISSING
-    jit_compile: Any = MISSING  # true, false or "auto"
     epochs: int = MISSING
     targets: str = MISSING
     time_limit: Optional[float] = MISSING
@@ -290,8 +289,6 @@ def validate(raw: DictConfig | dict, source: str = "config") -> DictConfig:
     _check(t.targets in TARGETS, "train.targets", f"must be one of {TARGETS}, got {t.targets!r}", source)
     _check(t.time_limit is None or (math.isfinite(t.time_limit) and t.time_limit > 0), "train.time_limit",
            f"must be > 0 or null, got {t.time_limit}", source)
-    _check(isinstance(t.jit_compile, bool) or t.jit_compile == "auto",
-           "train.jit_compile", f"must be true, false or auto, got {t.jit_compile!r}", source)
     _check(t.shuffle_buffer >= 0, "train.shuffle_buffer", f"must be >= 0, got {t.shuffle_buffer}", source)
     _check(t.clipnorm is None or (math.isfinite(t.clipnorm) and t.clipnorm > 0), "train.clipnorm",
            f"must be > 0 or null, got {t.clipnorm}", source)

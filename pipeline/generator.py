@@ -240,7 +240,7 @@ class Generator(Sampler):
         layers = [la for la in model.layers if not isinstance(la, (keras.layers.InputLayer, keras.layers.Dropout))]
         embedding, *cells, dense = layers
         if not (isinstance(embedding, keras.layers.Embedding) and isinstance(dense, keras.layers.Dense) and cells
-                and all(isinstance(c, (keras.layers.LSTM, keras.layers.GRU)) for c in cells)):
+                and all(type(c) in (keras.layers.LSTM, keras.layers.GRU) for c in cells)):
             raise Unsupported(f"model {model.name!r}: the numpy generator runs an embedding, LSTM/GRU layers and a "
                               f"dense softmax, not {[type(la).__name__ for la in layers]}")
         table = embedding.get_weights()[0]

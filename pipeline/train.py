@@ -62,17 +62,6 @@ def peak_rss_mib() -> float:
     return peak / (2**20 if sys.platform == "darwin" else 2**10)  # bytes on macOS, KiB on Linux
 
 
-def jit_compile(setting, family: str):
-    """`train.jit_compile` as Keras takes it. "auto" is XLA on a CPU for the lstm family: its
-    OneHotLSTM compiles into one lean loop, measured 14% faster a step than without XLA (Keras's
-    LSTM gained nothing from it); elsewhere it is Keras's own "auto" (off on a CPU)."""
-    if setting != "auto":
-        return setting
-    import tensorflow as tf
-
-    return True if family == "lstm" and not tf.config.list_logical_devices("GPU") else "auto"
-
-
 def release_free_memory() -> None:
     """Hand the allocator's free pages back to the system (glibc's malloc_trim; elsewhere nothing).
     Each epoch's freed batches otherwise stay in the heap, fragmented: measured on full Nietzsche, the
@@ -166,9 +155,9 @@ def run(cfg) -> dict:
     keys, sequence = OmegaConf.to_container(cfg.model), t.targets == "all"
 
     def build():
-        m = build_model(len(vocab), sequence=sequence, training=True, **keys)
+        m = build_model(len(vocab), sequence=sequence, **keys)
         m.compile(optimizer=make_optimizer(t.optimizer, t.learning_rate, t.clipnorm), loss="sparse_categorical_crossentropy",
-                  steps_per_execution=t.steps_per_execution, jit_compile=jit_compile(t.jit_compile, cfg.model.name))
+                  steps_per_execution=t.steps_per_execution)
         return m
 
     state = {"history": [], "good_epochs": [], "best_val_loss": math.inf, "best_epoch": 0, "wait": 0, "rollbacks": 0,
@@ -180,10 +169,10 @@ def run(cfg) -> dict:
     callback = callbacks.epoch_end(t, vocab, val_ids, maxlen, state, checkpoints)
     model = callbacks.resume(found[0], callback) if found else build()
     val_ds = make_dataset(val_ids, maxlen, cfg.vectorize.val_step or step, t.batch_size, None, cfg.seed)
-    # The exported model is the trained one's twin in plain Keras layers (the same weights), and,
-    # trained on all targets, the twin that predicts after the last position only: val_loss is then
-    # that twin's on the held-out windows, the book's figure, whatever the training objective.
-    exported = build_model(len(vocab), **keys)
+    # Trained on all targets, the model predicts after every position; the exported model is its
+    # twin that predicts after the last one (the same weights), and val_loss is that twin's on the
+    # held-out windows: the book's figure, whatever the training objective.
+    exported = build_model(len(vocab), **keys) if sequence else model
     held_out = [callbacks.held_out(exported, val_ds)] if sequence else []
 
     with tracking.run(state["run_id"], experiment_id) as active:

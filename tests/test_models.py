@@ -225,39 +225,3 @@ def test_val_step_fixes_the_held_out_windows_whatever_the_training_step(workdir)
     b = sample.run(tiny(workdir, "train.epochs=1", "vectorize.step=7", "vectorize.val_step=1", "sample.temperature=[0.5]"))["val_loss"]
     c = sample.run(tiny(workdir, "train.epochs=1", "vectorize.step=7", "sample.temperature=[0.5]"))["val_loss"]
     assert a == pytest.approx(b, abs=1e-6) and abs(a - c) > 1e-5
-
-
-@pytest.mark.parametrize("sequence", [False, True])
-def test_the_training_lstm_computes_the_exported_lstms_numbers(sequence):
-    """The train stage's OneHotLSTM gathers kernel rows where keras.layers.LSTM multiplies one-hot
-    rows: the same outputs and the same gradients, also XLA-compiled, with weights that load into
-    the exported model."""
-    import keras
-    import tensorflow as tf
-
-    from pipeline.model import build
-    from pipeline.model.lstm import OneHotLSTM
-
-    rng = np.random.default_rng(0)
-    plain, fast = build(23, "lstm", units=8, sequence=sequence), build(23, "lstm", units=8, sequence=sequence, training=True)
-    assert isinstance(fast.get_layer("lstm"), OneHotLSTM) and type(plain.get_layer("lstm")) is keras.layers.LSTM
-    fast.set_weights([w if w.shape == (23, 23) else rng.normal(0, 0.5, w.shape).astype("float32") for w in plain.get_weights()])
-    plain.set_weights(fast.get_weights())
-    ids = rng.integers(0, 23, (6, 11)).astype("int32")
-    targets = rng.integers(0, 23, ids.shape if sequence else 6)
-
-    def loss_and_grads(model, jit):
-        def f():
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(targets, model(ids)))
-            return loss, tape.gradient(loss, model.trainable_weights)
-        return tf.function(f, jit_compile=jit)()
-
-    want_loss, want_grads = loss_and_grads(plain, False)
-    np.testing.assert_allclose(fast(ids).numpy(), plain(ids).numpy(), atol=1e-6)
-    for jit in (False, True):
-        loss, grads = loss_and_grads(fast, jit)
-        np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-6)
-        for g, w in zip(grads, want_grads, strict=True):
-            np.testing.assert_allclose(np.asarray(tf.convert_to_tensor(g)), np.asarray(tf.convert_to_tensor(w)), atol=1e-6)
-    assert float(want_loss) > 0 and max(float(tf.reduce_max(tf.abs(tf.convert_to_tensor(w)))) for w in want_grads) > 1e-4

@@ -34,13 +34,11 @@ MODELS = {"lstm": lstm.build, "stacked_lstm": partial(rnn.build, cell="lstm"), "
 build_lstm = lstm.build  # the name earlier versions gave the book's model
 
 
-def build(vocab_size: int, name: str, sequence: bool = False, training: bool = False, **keys) -> keras.Model:
+def build(vocab_size: int, name: str, sequence: bool = False, **keys) -> keras.Model:
     """The `name` family's model for a vocabulary of `vocab_size` characters. `sequence`: its twin
     that predicts after every position, (batch, time, vocab), with the same weights, for training
-    on all targets (`train.targets: all`). `training`: the train stage's model, which may use layers
-    that compute the same numbers faster (the lstm family's `OneHotLSTM`); its weights load into
-    the model built without it, which is the one exported."""
-    return MODELS[name](vocab_size, sequence=sequence, **keys, **({"training": True} if training and name == "lstm" else {}))
+    on all targets (`train.targets: all`)."""
+    return MODELS[name](vocab_size, sequence=sequence, **keys)
 
 
 def load(folder: Path | str) -> tuple[keras.Model, dict]:
