@@ -65,7 +65,7 @@ def make_dataset(ids: np.ndarray, maxlen: int, step: int, batch_size: int, shuff
     (seed, epoch), so a resumed run sees the same batches as an uninterrupted one. `epoch` may be
     a function, read each time the dataset is iterated: one dataset then serves every epoch, each
     in its own order. Training builds it once so: a dataset built per epoch kept 1-3 MiB of the
-    process's memory each time (its traced functions and captured table are never freed)."""
+    process's memory each time (measured; which of its parts stays is not)."""
     import tensorflow as tf
 
     n = count_windows(len(ids), maxlen, step)
