@@ -64,7 +64,7 @@ def peak_rss_mib() -> float:
 
 def release_free_memory() -> None:
     """Hand the allocator's free pages back to the system (glibc's malloc_trim; elsewhere nothing).
-    Freed memory otherwise stays in the fragmented heap: in a loop of fit() calls of 100 steps each
+    Freed memory otherwise stays with the allocator: in a loop of fit() calls of 100 steps each
     on full-Nietzsche batches, RSS grew about 1.2 MiB a call without it and not at all with it."""
     try:
         ctypes.CDLL(None).malloc_trim(0)
