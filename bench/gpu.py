@@ -1,29 +1,32 @@
 """GPU figures on a machine that has PyTorch and no TensorFlow (the lent `device` machine): the
 project's own model builders (pipeline.model) trained through Keras 3's torch backend, which runs
-LSTM and GRU layers on cuDNN when their activations are Keras's defaults and there is no
-recurrent dropout (this script counts the calls to prove it).
+LSTM and GRU layers on cuDNN when their activations are Keras's defaults and there is no recurrent
+dropout (this script counts the kernel calls to show it).
 
-    python bench/gpu.py prepare DIR          # here: the vectorize stage's ids of both corpora, into DIR
-    KERAS_BACKEND=torch python bench/gpu.py run DIR --out OUT [--quality-seconds 300]
+    python bench/gpu.py prepare DIR                    # here: the vectorize stage's ids of both corpora
+    KERAS_BACKEND=torch python bench/gpu.py run DIR --out OUT [--quality-seconds 300] [--recipes ...]
+    python bench/gpu.py record DIR OUT...              # here again: into bench/gpu.json and bench/quality.json
 
-`prepare` runs the real fetch and vectorize stages (needs $GENLAB_DATA_DIR) for Nietzsche (the book's
-recipe) and tiny-shakespeare (mixed case). `run` needs only Keras, numpy and OmegaConf:
+`prepare` runs the real fetch and vectorize stages (needs $GENLAB_DATA_DIR) for Nietzsche and
+tiny-shakespeare. `run` needs Keras, numpy, Hydra and OmegaConf (carried as wheels) and measures:
 1. which kernel each model family's recurrent layers take (cuDNN or Keras's generic loop);
-2. the book's model (LSTM(128), maxlen 60, step 3, RMSprop 0.01, clipnorm 1) on full Nietzsche:
-   one whole-epoch fit() at batch 128 and at 1024, samples/s as the user waits, and the loss;
-3. the quality recipes on tiny-shakespeare, in parallel processes, each for --quality-seconds of
-   training: the train stage's loop (targets all, one shuffle per epoch from the seed, val_loss on
-   the held-out windows after every epoch, learning rate x0.5 after 2 epochs without improvement,
-   the best epoch's weights kept). The best model is written to OUT as model.keras (in parts of
-   15 MiB) with meta.json, so that the sample stage can check its held-out loss here on TensorFlow.
-Everything measured goes to OUT/gpu.json; a table is printed last.
+2. the book's model (conf/ defaults) on full Nietzsche: one whole-epoch fit() at batch 128 and at
+   1024, samples/s as the user waits, and the loss after it;
+3. the quality recipes (RECIPES: Hydra overrides, composed from conf/) on tiny-shakespeare, in
+   parallel processes, each for its train.epochs or --quality-seconds of training: the train stage's
+   loop (targets all, one shuffle per epoch from the seed, val_loss on the held-out windows after
+   every epoch, the plateau rule, the best epoch's weights kept). Each model is written to OUT in
+   parts of 15 MiB (the device tool returns files of at most 16 MiB), with OUT/gpu.json.
+`record` puts each model through the project's sample stage here, on TensorFlow (its held-out loss
+must match the GPU's), and adds the rows to the quality table.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
-import os
+import shutil
 import subprocess
 import sys
 import time
@@ -33,20 +36,19 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+GPU_RESULTS = ROOT / "bench/gpu.json"
 sys.path.insert(0, str(ROOT))
 
-# name -> (model keys, maxlen, step, batch size, learning rate). maxlen 128 windows, starting every
-# 64 characters: every character is trained on twice per epoch, at two depths of context.
+# name -> Hydra overrides on conf/: the quality recipes measured on the GPU. The first is the
+# tiny-shakespeare quality experiment itself; the others change its family or depth.
 RECIPES = {
-    "lstm3x512": ({"name": "stacked_lstm", "units": 512, "layers": 3, "dropout": 0.3, "embedding": 64}, 128, 64, 128, 0.002),
-    "lstm2x512": ({"name": "stacked_lstm", "units": 512, "layers": 2, "dropout": 0.4, "embedding": 64}, 128, 64, 128, 0.002),
-    "gru2x512": ({"name": "gru", "units": 512, "layers": 2, "dropout": 0.4, "embedding": 64}, 128, 64, 128, 0.002),
-    # kernel 2, dilations 1..64: a receptive field of 128, the whole window
-    "conv1d256": ({"name": "conv1d", "units": 256, "kernel_size": 2, "dilations": [1, 2, 4, 8, 16, 32, 64],
-                   "dropout": 0.2, "embedding": 64}, 128, 64, 128, 0.002),
+    "lstm2x512": ["experiment=quality_tinyshakespeare"],
+    "lstm3x512": ["experiment=quality_tinyshakespeare", "model.layers=3", "model.dropout=0.3"],
+    "gru2x512": ["experiment=quality_tinyshakespeare", "model=gru"],
+    # kernel 2, dilations 1..64: a receptive field of 128 characters, the whole window
+    "conv1d256": ["experiment=quality_tinyshakespeare", "model=conv1d", "~model.layers", "model.units=256",
+                  "model.dilations=[1,2,4,8,16,32,64]", "model.dropout=0.2"],
 }
-VAL_STEP = 3  # the held-out windows start every 3 characters, as in conf/experiment/quality.yaml
-SEED = 1337
 
 
 def prepare(folder: Path) -> None:
@@ -101,43 +103,51 @@ def environment() -> dict:
     return env
 
 
-def kernels(vocab_size: int, counts: Counter) -> dict:
-    """For each family (conf/model defaults), the recurrent kernel calls of one training batch."""
+def _optimizer(t):
+    """The train stage's optimizer (`train.optimizer`, learning_rate, clipnorm), by Keras's own lookup."""
     import keras
 
-    from pipeline.model import build
+    return keras.optimizers.get({"class_name": t.optimizer, "config": {"learning_rate": t.learning_rate, "clipnorm": t.clipnorm}})
 
-    families = {"lstm": {"units": 128}, "stacked_lstm": {"units": 256, "layers": 2, "dropout": 0.2, "embedding": 32},
-                "gru": {"units": 256, "layers": 2, "dropout": 0.2, "embedding": 32},
-                "conv1d": {"units": 128, "kernel_size": 2, "dilations": [1, 2, 4, 8, 16, 32], "dropout": 0.1, "embedding": None}}
+
+def kernels(vocab_size: int, counts: Counter) -> dict:
+    """For each family (its conf/model defaults), the recurrent kernel calls of one training batch."""
+    from omegaconf import OmegaConf
+
+    from pipeline import config
+    from pipeline.model import MODELS, build
+
     x = np.random.default_rng(0).integers(0, vocab_size, (32, 60)).astype(np.int32)
     out = {}
-    for name, keys in families.items():
+    for name in MODELS:
         counts.clear()
-        model = build(vocab_size, name, **keys)
-        model.compile(optimizer=keras.optimizers.RMSprop(0.01), loss="sparse_categorical_crossentropy")
+        model = build(vocab_size, **OmegaConf.to_container(config.compose([f"model={name}"]).model))
+        model.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy")
         model.train_on_batch(x, x[:, -1])
         out[name] = dict(counts)
     return out
 
 
 def throughput(folder: Path, batch: int, counts: Counter) -> dict:
-    """The book's model, one whole-epoch fit() on full Nietzsche at `batch`, after a 20-batch warm-up
-    on a throwaway model (cuDNN handles, allocator): samples/s as the user waits, and the loss."""
+    """The book's model (conf/ defaults), one whole-epoch fit() on full Nietzsche at `batch`, after a
+    20-batch warm-up on a throwaway model (cuDNN handles, allocator): samples/s as the user waits."""
     import keras
+    from omegaconf import OmegaConf
 
+    from pipeline import config
     from pipeline.model import build
     from pipeline.vectorize import make_windows
 
+    cfg = config.compose([f"train.batch_size={batch}"])
     train, _, vocab = _load(folder, "nietzsche")
-    x, y = make_windows(train, 60, 3)
-    order = np.random.default_rng([SEED, 0]).permutation(len(x))  # the train stage's epoch-0 order
+    x, y = make_windows(train, cfg.vectorize.maxlen, cfg.vectorize.step)
+    order = np.random.default_rng([cfg.seed, 0]).permutation(len(x))  # the train stage's epoch-0 order
     x, y = x[order], y[order]
 
     def fresh():
-        keras.utils.set_random_seed(SEED)
-        m = build(len(vocab), "lstm", units=128)
-        m.compile(optimizer=keras.optimizers.RMSprop(0.01, clipnorm=1.0), loss="sparse_categorical_crossentropy")
+        keras.utils.set_random_seed(cfg.seed)
+        m = build(len(vocab), **OmegaConf.to_container(cfg.model))
+        m.compile(optimizer=_optimizer(cfg.train), loss="sparse_categorical_crossentropy")
         return m
 
     fresh().fit(x[: 20 * batch], y[: 20 * batch], batch_size=batch, epochs=1, shuffle=False, verbose=0)
@@ -159,16 +169,22 @@ def held_out(model, val: np.ndarray, maxlen: int, step: int, batch: int = 1024) 
 
 
 def quality(folder: Path, recipe: str, seconds: float, out: Path) -> dict:
-    """One quality recipe on tiny-shakespeare for `seconds` of training, as the train stage runs it."""
+    """One quality recipe on tiny-shakespeare, as the train stage runs it (targets all), for its
+    train.epochs or `seconds` of training, whichever ends first."""
     import keras
+    from omegaconf import OmegaConf
 
+    from pipeline import config
     from pipeline.model import build
 
-    keys, maxlen, step, batch, lr = RECIPES[recipe]
+    cfg = config.compose(RECIPES[recipe])
+    keys, v, t = OmegaConf.to_container(cfg.model), cfg.vectorize, cfg.train
+    maxlen, step, val_step = v.maxlen, v.step, v.val_step or v.step
+    assert cfg.corpus.name == "tinyshakespeare" and t.targets == "all", "a recipe trains on tiny-shakespeare, all targets"
     train, val, vocab = _load(folder, "tinyshakespeare")
-    keras.utils.set_random_seed(SEED)
+    keras.utils.set_random_seed(cfg.seed)
     model = build(len(vocab), sequence=True, **keys)
-    model.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=1.0), loss="sparse_categorical_crossentropy")
+    model.compile(optimizer=_optimizer(t), loss="sparse_categorical_crossentropy")
     exported = build(len(vocab), **keys)
     exported.compile(loss="sparse_categorical_crossentropy")
     n = len(range(0, len(train) - maxlen, step))
@@ -176,13 +192,13 @@ def quality(folder: Path, recipe: str, seconds: float, out: Path) -> dict:
     history, best, best_weights, wait, started = [], math.inf, None, 0, time.perf_counter()
     epoch = 0
     while True:
-        starts = np.random.default_rng([SEED, epoch]).permutation(np.arange(n) * step)
+        starts = np.random.default_rng([cfg.seed, epoch]).permutation(np.arange(n) * step)
         x, y = train[starts[:, None] + offsets], train[starts[:, None] + offsets + 1]
         t0 = time.perf_counter()
-        loss = model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0).history["loss"][-1]
+        loss = model.fit(x, y, batch_size=t.batch_size, epochs=1, shuffle=False, verbose=0).history["loss"][-1]
         fit_s = time.perf_counter() - t0
         exported.set_weights(model.get_weights())
-        val_loss = held_out(exported, val, maxlen, VAL_STEP)
+        val_loss = held_out(exported, val, maxlen, val_step)
         lr_now = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
         history.append({"epoch": epoch + 1, "loss": loss, "val_loss": val_loss, "lr": lr_now, "fit_seconds": fit_s})
         print(json.dumps({"recipe": recipe, **history[-1]}), flush=True)
@@ -190,12 +206,12 @@ def quality(folder: Path, recipe: str, seconds: float, out: Path) -> dict:
             best, best_weights, wait = val_loss, model.get_weights(), 0
         else:
             wait += 1
-            if wait >= 2 and lr_now > 1e-4:  # the train stage's plateau rule (factor 0.5, patience 2, min 1e-4)
-                model.optimizer.learning_rate.assign(max(lr_now * 0.5, 1e-4))
+            if wait >= t.plateau.patience and lr_now > t.plateau.min_lr:  # the train stage's plateau rule
+                model.optimizer.learning_rate.assign(max(lr_now * t.plateau.factor, t.plateau.min_lr))
                 wait = 0
         epoch += 1
         elapsed = time.perf_counter() - started
-        if elapsed * (epoch + 1) / epoch > seconds:  # the train stage's time_limit rule
+        if epoch >= t.epochs or elapsed * (epoch + 1) / epoch > seconds:  # the train stage's time_limit rule
             break
     exported.set_weights(best_weights)
     model.set_weights(best_weights)
@@ -203,10 +219,10 @@ def quality(folder: Path, recipe: str, seconds: float, out: Path) -> dict:
     # character after each maxlen window. Both, for the best weights.
     blocks = np.arange(0, len(val) - 257, 128)
     xs, ys = val[blocks[:, None] + np.arange(256)], val[blocks[:, None] + np.arange(256) + 1]
-    result = {"recipe": recipe, "model": keys, "maxlen": maxlen, "step": step, "batch": batch, "learning_rate": lr,
-              "epochs": epoch, "train_seconds": elapsed, "best_val_loss": best,
-              "best_epoch": min(history, key=lambda r: r["val_loss"])["epoch"],
-              "val_loss_maxlen60": held_out(exported, val, 60, VAL_STEP),
+    result = {"recipe": recipe, "overrides": RECIPES[recipe], "model": keys, "maxlen": maxlen, "step": step,
+              "batch": t.batch_size, "learning_rate": t.learning_rate, "epochs": epoch, "train_seconds": elapsed,
+              "best_val_loss": best, "best_epoch": min(history, key=lambda r: r["val_loss"])["epoch"],
+              "val_loss_maxlen60": held_out(exported, val, 60, val_step),
               "val_loss_all_positions_256": float(model.evaluate(xs, ys, batch_size=256, verbose=0)),
               "parameters": model.count_params(), "history": history}
     clean = build(len(vocab), **keys)  # uncompiled: no torch optimizer in the file, so TensorFlow loads it
@@ -219,7 +235,7 @@ def quality(folder: Path, recipe: str, seconds: float, out: Path) -> dict:
 def run(folder: Path, out: Path, seconds: float, recipes: list[str], speed: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     counts = _kernel_counter()
-    report: dict = {"environment": environment()}
+    report: dict = {"date": datetime.date.today().isoformat(), "argv": sys.argv[1:], "environment": environment()}
     print(json.dumps(report["environment"]), flush=True)
     _, _, vocab = _load(folder, "nietzsche")
     report["kernels"] = kernels(len(vocab), counts)
@@ -255,6 +271,69 @@ def run(folder: Path, out: Path, seconds: float, recipes: list[str], speed: bool
               f"all positions of 256 {r['val_loss_all_positions_256']:.4f}")
 
 
+def _sample(folder: Path, name: str, parts: list[Path]) -> dict:
+    """The model `run` brought back for recipe `name`, through the project's sample stage, here on
+    TensorFlow: its held-out loss and its text at temperature 0.5 (600 characters)."""
+    from pipeline import artifacts, config, sample, tracking
+
+    run_dir = ROOT / "bench/runs" / f"tinyshakespeare-gpu-{name}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    (run_dir / "models").mkdir(parents=True)
+    (run_dir / "models/model.keras").write_bytes(b"".join(p.read_bytes() for p in parts))
+    cfg = config.compose([*RECIPES[name], f"paths.prepared={folder / 'tinyshakespeare'}", f"paths.models={run_dir}/models",
+                          f"paths.samples={run_dir}/samples", f"paths.metrics={run_dir}/metrics",
+                          f"mlflow.tracking_uri=sqlite:///{run_dir}/mlflow.db", "sample.temperature=[0.5]", "sample.length=600"])
+    uri = tracking.resolve_uri(cfg.mlflow.tracking_uri)
+    experiment_id = tracking.connect(uri, cfg.mlflow.experiment)
+    with tracking.run(None, experiment_id) as active:  # the run the sample stage logs to, as training's would be
+        run_id = active.info.run_id
+    vocab = json.loads((folder / "tinyshakespeare/vocab.json").read_text(encoding="utf-8"))
+    artifacts.write_json(run_dir / "models/meta.json", {
+        "vocab": vocab, "maxlen": cfg.vectorize.maxlen, "lowercase": cfg.vectorize.lowercase, "model": cfg.model.name,
+        "mlflow": {"tracking_uri": tracking.redact(uri), "experiment_id": experiment_id, "run_id": run_id}})
+    sampled = sample.run(cfg)
+    text = (run_dir / "samples/temperature_0.5.txt").read_text(encoding="utf-8")
+    return {"sample_val_loss": sampled["val_loss"], "prompt": sampled["prompt"],
+            "sample_t0.5": text[len(sampled["prompt"]):].rstrip("\n")}
+
+
+def record(outs: list[Path], folder: Path) -> None:
+    """Here, on TensorFlow: what `run` wrote to each OUT, into bench/gpu.json, and one row per quality
+    recipe into bench/quality.json (README's quality table: `python bench/quality.py --readme`). A
+    recipe whose model came back goes through the sample stage first, which must reproduce its
+    held-out loss."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import quality as table
+
+    measured = json.loads(GPU_RESULTS.read_text(encoding="utf-8")) if GPU_RESULTS.is_file() else {}
+    results = table.load()
+    for out in outs:
+        report = json.loads((out / "gpu.json").read_text(encoding="utf-8"))
+        env, recipes = report["environment"], report.get("quality", {})
+        measured[f"{report['date']} {env['device']} {out.resolve().name}"] = report
+        for name, q in recipes.items():
+            row = {"row": f"tinyshakespeare/gpu-{name}", "corpus": "tinyshakespeare", "family": q["model"]["name"],
+                   "overrides": RECIPES[name], "val_loss": q["best_val_loss"], "val_bpc": q["best_val_loss"] / math.log(2),
+                   "val_loss_all_positions_256": q["val_loss_all_positions_256"], "best_epoch": q["best_epoch"],
+                   "epochs": q["epochs"], "train_seconds": q["train_seconds"], "parameters": q["parameters"],
+                   "machine": f"{env['device']}, Keras {env['keras']} on {env['backend']} {env.get('torch', '')} (bench/gpu.py)"
+                              + (f", {len(recipes)} recipes sharing it" if len(recipes) > 1 else ""),
+                   "date": report["date"], "sample_val_loss": None, "prompt": "", "sample_t0.5": ""}
+            parts = sorted(out.glob(f"{name}.keras.part*"), key=lambda p: int(p.name.rsplit("part", 1)[1]))
+            if parts:
+                row.update(_sample(folder, name, parts))
+                gap = abs(row["sample_val_loss"] - row["val_loss"])
+                print(f"{name}: val_loss {row['val_loss']:.4f} on the GPU, {row['sample_val_loss']:.4f} from the sample stage here")
+                if gap > 2e-3:
+                    sys.exit(f"error: {name}: the sample stage's held-out loss differs from the GPU's by {gap:.4f}")
+            results[row["row"]] = row
+    table.save(results)
+    tmp = GPU_RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(measured, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(GPU_RESULTS)
+    print(f"recorded {len(outs)} run(s) in {GPU_RESULTS} and {table.RESULTS}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -266,6 +345,9 @@ def main() -> None:
     r.add_argument("--recipes", nargs="*", choices=sorted(RECIPES), default=sorted(RECIPES),
                    help="the quality recipes to train, in parallel (default: all)")
     r.add_argument("--no-throughput", dest="speed", action="store_false", help="skip the book model's epochs")
+    rec = sub.add_parser("record")
+    rec.add_argument("folder", type=Path)
+    rec.add_argument("outs", type=Path, nargs="+")
     q = sub.add_parser("quality")
     q.add_argument("folder", type=Path)
     q.add_argument("recipe", choices=sorted(RECIPES))
@@ -274,6 +356,8 @@ def main() -> None:
     a = p.parse_args()
     if a.command == "prepare":
         prepare(a.folder)
+    elif a.command == "record":
+        record(a.outs, a.folder)
     elif a.command == "run":
         run(a.folder, a.out, a.quality_seconds, a.recipes, a.speed)
     else:

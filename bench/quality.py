@@ -10,7 +10,8 @@ Each row runs fetch, vectorize, train and sample in a fresh process, in its own 
 bench/runs/<corpus>-<row>/ (not tracked, emptied first), with the row's Hydra overrides on top of conf/. The
 equal-time rows (`time_limit: book`) get `train.time_limit` set to the measured training time of
 the same corpus's book row, which therefore runs first. Every measured row is kept, with its
-machine and date, in bench/quality.json (rows measured on a GPU machine sit beside CPU ones);
+machine and date, in bench/quality.json; `python bench/gpu.py record` adds the rows trained on a
+GPU machine without TensorFlow (tinyshakespeare/gpu-*), checked by the sample stage here;
 --readme renders that file into README.md between the quality-table markers, with the text the
 best model of each corpus wrote at temperature 0.5. Needs the corpora: $GENLAB_DATA_DIR.
 """
@@ -84,6 +85,12 @@ def load() -> dict:
     return json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.is_file() else {}
 
 
+def save(results: dict) -> None:
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(RESULTS)
+
+
 def measure(row: str, results: dict, extra: list[str]) -> dict:
     overrides, limit = ROWS[row]
     overrides = [*overrides, *extra]
@@ -107,13 +114,14 @@ def measure(row: str, results: dict, extra: list[str]) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = [("| corpus | row | family | overrides | val loss (nats/char) | bits/char | best epoch / epochs | "
-              "training time | parameters | machine | measured |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| corpus | row | family | overrides | val loss (nats/char) | bits/char | the sample stage's val loss | "
+              "best epoch / epochs | training time | parameters | machine | measured |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(results, key=lambda k: (results[k]["corpus"], results[k]["val_loss"])):
         r = results[key]
         lines.append(f"| {r['corpus']} | {key.split('/')[1]} | {r['family']} | `{' '.join(r['overrides']) or '(defaults)'}` | "
-                     f"{r['val_loss']:.4f} | {r['val_bpc']:.3f} | {r['best_epoch']} / {r['epochs']} | "
+                     f"{r['val_loss']:.4f} | {r['val_bpc']:.3f} | "
+                     f"{'-' if r.get('sample_val_loss') is None else format(r['sample_val_loss'], '.4f')} | {r['best_epoch']} / {r['epochs']} | "
                      f"{r['train_seconds'] / 60:.1f} min | {r['parameters']:,} | {r['machine']} | {r['date']} |")
     out = ["\n".join(lines), ""]
     for corpus in sorted({r["corpus"] for r in results.values()}):
@@ -161,9 +169,7 @@ def main() -> None:
     results = load()
     for row in args.rows:
         results[row] = measure(row, results, args.set)
-        tmp = RESULTS.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        tmp.replace(RESULTS)  # after every row: a long session keeps what it measured
+        save(results)  # after every row: a long session keeps what it measured
     if args.readme:
         write_readme(results)
     elif not args.rows:

@@ -1,0 +1,66 @@
+"""bench/gpu.py: the GPU recipes README quotes are the ones measured, and its training loop gives the
+held-out loss that the sample stage computes for the model it writes."""
+import json
+import sys
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from pipeline import config
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+import gpu  # noqa: E402  bench/gpu.py
+
+
+def test_recipes_compose_to_what_was_measured():
+    """bench/gpu.json holds each recipe as it ran on the GPU; bench/gpu.py and README name it by its
+    Hydra overrides (the first is experiment=quality_tinyshakespeare): both must be the same recipe."""
+    runs = json.loads((REPO / "bench/gpu.json").read_text(encoding="utf-8"))
+    measured = [q for run in runs.values() for q in run.get("quality", {}).values()]
+    assert {q["recipe"] for q in measured} == set(gpu.RECIPES)
+    for q in measured:
+        cfg = config.compose(gpu.RECIPES[q["recipe"]])
+        assert OmegaConf.to_container(cfg.model) == q["model"], q["recipe"]
+        assert (cfg.vectorize.maxlen, cfg.vectorize.step, cfg.train.batch_size, cfg.train.learning_rate) == \
+            (q["maxlen"], q["step"], q["batch"], q["learning_rate"]), q["recipe"]
+        assert (cfg.corpus.name, cfg.train.targets, cfg.train.optimizer) == ("tinyshakespeare", "all", "adam")
+    assert gpu.RECIPES["lstm2x512"] == ["experiment=quality_tinyshakespeare"]
+
+
+@pytest.fixture
+def tiny_prepared(tmp_path):
+    """tiny-shakespeare-like ids (a repeated phrase with noise) where bench/gpu.py looks for them."""
+    rng = np.random.default_rng(0)
+    ids = np.tile(np.arange(12, dtype=np.uint8), 500)
+    ids[rng.random(ids.size) < 0.05] = 12  # some unpredictable characters
+    folder = tmp_path / "data/tinyshakespeare"
+    folder.mkdir(parents=True)
+    np.save(folder / "train.npy", ids[:5000])
+    np.save(folder / "val.npy", ids[5000:])
+    (folder / "vocab.json").write_text(json.dumps([chr(97 + k) for k in range(13)]), encoding="utf-8")
+    return tmp_path / "data"
+
+
+def test_quality_loop_keeps_the_best_epoch_and_its_model_reproduces_the_loss(tiny_prepared, tmp_path, monkeypatch):
+    """A small recipe for 3 epochs: the saved model is the best epoch's, it loads on this backend, and
+    the sample stage's held-out loss on it is the loop's best_val_loss."""
+    import keras
+
+    from pipeline.sample import held_out_loss
+
+    monkeypatch.setitem(gpu.RECIPES, "small", ["experiment=quality_tinyshakespeare", "model.units=16", "model.embedding=8",
+                                               "vectorize.maxlen=24", "vectorize.step=12", "train.batch_size=32",
+                                               "train.epochs=3", "train.learning_rate=0.01"])
+    out = tmp_path / "out"
+    out.mkdir()
+    result = gpu.quality(tiny_prepared, "small", seconds=600, out=out)
+    history = result["history"]
+    assert [r["epoch"] for r in history] == [1, 2, 3] and result["epochs"] == 3
+    assert result["best_val_loss"] == min(r["val_loss"] for r in history)
+    assert history[-1]["loss"] < history[0]["loss"]  # it learns the repeated phrase
+    model = keras.saving.load_model(out / "small.keras", safe_mode=True)
+    val = np.load(tiny_prepared / "tinyshakespeare/val.npy")
+    assert held_out_loss(model, val, 24, 3) == pytest.approx(result["best_val_loss"], abs=1e-5)
+    assert json.loads((out / "small.json").read_text(encoding="utf-8"))["best_val_loss"] == result["best_val_loss"]
