@@ -4,11 +4,12 @@ LSTM and GRU layers on cuDNN when their activations are Keras's defaults and the
 dropout (this script counts the kernel calls to show it).
 
     python bench/gpu.py prepare DIR                    # here: the vectorize stage's ids of both corpora
-    KERAS_BACKEND=torch python bench/gpu.py run DIR --out OUT [--quality-seconds 300] [--recipes ...]
+    KERAS_BACKEND=torch PYTHONPATH=<wheels>:. python bench/gpu.py run DIR --out OUT [--quality-seconds 300] [--recipes ...]
     python bench/gpu.py record DIR OUT...              # here again: into bench/gpu.json and bench/quality.json
 
 `prepare` runs the real fetch and vectorize stages (needs $GENLAB_DATA_DIR) for Nietzsche and
-tiny-shakespeare. `run` needs Keras, numpy, Hydra and OmegaConf (carried as wheels) and measures:
+tiny-shakespeare. `run` needs Keras, numpy, Hydra and OmegaConf (carried as wheels) and the
+repository on PYTHONPATH (it is not installed there), and measures:
 1. which kernel each model family's recurrent layers take (cuDNN or Keras's generic loop);
 2. the book's model (conf/ defaults) on full Nietzsche: one whole-epoch fit() at batch 128 and at
    1024, samples/s as the user waits, and the loss after it;
@@ -37,7 +38,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU_RESULTS = ROOT / "bench/gpu.json"
-sys.path.insert(0, str(ROOT))
 
 # name -> Hydra overrides on conf/: the quality recipes measured on the GPU. The first is the
 # tiny-shakespeare quality experiment itself; the others change its family or depth.
@@ -57,10 +57,9 @@ def prepare(folder: Path) -> None:
     from pipeline import config, fetch, vectorize
 
     with tempfile.TemporaryDirectory() as raw:  # the corpora themselves stay out of DIR
-        for corpus, maxlen in (("nietzsche", 60), ("tinyshakespeare", 256)):
-            out = folder / corpus
-            cfg = config.compose([f"corpus={corpus}", f"vectorize.maxlen={maxlen}", f"paths.raw={raw}",
-                                  f"paths.prepared={out}", f"paths.metrics={raw}/metrics"])
+        for corpus in ("nietzsche", "tinyshakespeare"):
+            cfg = config.compose([f"corpus={corpus}", f"paths.raw={raw}", f"paths.prepared={folder / corpus}",
+                                  f"paths.metrics={raw}/metrics"])
             fetch.run(cfg)
             vectorize.run(cfg)
 
