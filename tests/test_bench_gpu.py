@@ -43,16 +43,18 @@ def tiny_prepared(tmp_path):
     return tmp_path / "data"
 
 
-def test_quality_loop_keeps_the_best_epoch_and_its_model_reproduces_the_loss(tiny_prepared, tmp_path, monkeypatch):
-    """A small recipe for 3 epochs: the saved model is the best epoch's, it loads on this backend, and
-    the sample stage's held-out loss on it is the loop's best_val_loss."""
+SMALL = ["experiment=quality_tinyshakespeare", "model.units=16", "model.embedding=8", "vectorize.maxlen=24",
+         "vectorize.step=12", "train.batch_size=32", "train.epochs=3", "train.learning_rate=0.01"]
+
+
+def test_quality_loop_model_reproduces_its_loss_in_the_sample_stage(tiny_prepared, tmp_path, monkeypatch):
+    """A small recipe for 3 epochs: the model it writes loads on this backend, and the sample stage's
+    held-out loss on it is the loop's best_val_loss."""
     import keras
 
     from pipeline.sample import held_out_loss
 
-    monkeypatch.setitem(gpu.RECIPES, "small", ["experiment=quality_tinyshakespeare", "model.units=16", "model.embedding=8",
-                                               "vectorize.maxlen=24", "vectorize.step=12", "train.batch_size=32",
-                                               "train.epochs=3", "train.learning_rate=0.01"])
+    monkeypatch.setitem(gpu.RECIPES, "small", SMALL)
     out = tmp_path / "out"
     out.mkdir()
     result = gpu.quality(tiny_prepared, "small", seconds=600, out=out)
@@ -64,3 +66,26 @@ def test_quality_loop_keeps_the_best_epoch_and_its_model_reproduces_the_loss(tin
     val = np.load(tiny_prepared / "tinyshakespeare/val.npy")
     assert held_out_loss(model, val, 24, 3) == pytest.approx(result["best_val_loss"], abs=1e-5)
     assert json.loads((out / "small.json").read_text(encoding="utf-8"))["best_val_loss"] == result["best_val_loss"]
+
+
+def test_quality_loop_keeps_the_best_epochs_weights_not_the_last(tiny_prepared, tmp_path, monkeypatch):
+    """With held-out losses 2.0, 1.0, 1.5 for the three epochs, the model written is epoch 2's."""
+    import keras
+
+    real, seen, scripted = gpu.held_out, [], iter([2.0, 1.0, 1.5])
+
+    def held_out(model, val, maxlen, step, batch=1024):
+        if len(seen) < 3:  # the three epochs' figures; the final ones are computed for real
+            seen.append(model.get_weights())
+            return next(scripted)
+        return real(model, val, maxlen, step, batch)
+
+    monkeypatch.setattr(gpu, "held_out", held_out)
+    monkeypatch.setitem(gpu.RECIPES, "small", SMALL)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = gpu.quality(tiny_prepared, "small", seconds=600, out=out)
+    assert (result["best_epoch"], result["best_val_loss"]) == (2, 1.0)
+    saved = keras.saving.load_model(out / "small.keras", safe_mode=True).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(saved, seen[1], strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(saved, seen[2], strict=True))
