@@ -175,6 +175,7 @@ def quality(folder: Path, recipe: str, seconds: float, out: Path) -> dict:
 
     from pipeline import config
     from pipeline.model import build
+    from pipeline.vectorize import window_starts
 
     cfg = config.compose(RECIPES[recipe])
     keys, v, t = OmegaConf.to_container(cfg.model), cfg.vectorize, cfg.train
@@ -186,12 +187,11 @@ def quality(folder: Path, recipe: str, seconds: float, out: Path) -> dict:
     model.compile(optimizer=_optimizer(t), loss="sparse_categorical_crossentropy")
     exported = build(len(vocab), **keys)
     exported.compile(loss="sparse_categorical_crossentropy")
-    n = len(range(0, len(train) - maxlen, step))
     offsets = np.arange(maxlen)
     history, best, best_weights, wait, started = [], math.inf, None, 0, time.perf_counter()
     epoch = 0
     while True:
-        starts = np.random.default_rng([cfg.seed, epoch]).permutation(np.arange(n) * step)
+        starts = window_starts(len(train), maxlen, step, 0, cfg.seed, epoch)  # the train stage's order for the epoch
         x, y = train[starts[:, None] + offsets], train[starts[:, None] + offsets + 1]
         t0 = time.perf_counter()
         loss = model.fit(x, y, batch_size=t.batch_size, epochs=1, shuffle=False, verbose=0).history["loss"][-1]

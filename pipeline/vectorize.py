@@ -56,6 +56,14 @@ def make_windows(ids: np.ndarray, maxlen: int, step: int) -> tuple[np.ndarray, n
     return ids[starts[:, None] + np.arange(maxlen)], ids[starts + maxlen]
 
 
+def window_starts(n_chars: int, maxlen: int, step: int, shuffle: int | None, seed: int, epoch: int) -> np.ndarray:
+    """Where the windows of `epoch` start, in the order training reads them: every `step` characters,
+    permuted by (seed, epoch) when `shuffle` is 0 (all windows); a buffer (shuffle > 0) is applied
+    by the input pipeline on top of this order."""
+    s = np.arange(count_windows(n_chars, maxlen, step), dtype=np.int64) * step
+    return np.random.default_rng([seed, epoch]).permutation(s) if shuffle == 0 else s
+
+
 def make_dataset(ids: np.ndarray, maxlen: int, step: int, batch_size: int, shuffle: int | None, seed: int,
                  epoch: int | Callable[[], int] = 0, targets: str = "last"):
     """(window, target) batches gathered from `ids` on the fly: the book's windows, never stored.
@@ -73,8 +81,7 @@ def make_dataset(ids: np.ndarray, maxlen: int, step: int, batch_size: int, shuff
     offsets = tf.range(maxlen, dtype=tf.int64)
 
     def starts(e: int) -> np.ndarray:
-        s = np.arange(n, dtype=np.int64) * step
-        return np.random.default_rng([seed, e]).permutation(s) if shuffle == 0 else s
+        return window_starts(len(ids), maxlen, step, shuffle, seed, e)
 
     if callable(epoch):
         current = lambda: np.int64(epoch())  # noqa: E731
