@@ -37,6 +37,7 @@ def epoch_end(t, vocab, val_ids, maxlen, state, checkpoints: Path | None):
 
     from pipeline import checkpoint
     from pipeline.generator import for_model
+    from pipeline.model import unwrap
 
     temps = [float(x) for x in t.epoch_samples.temperatures]
     rng = np.random.default_rng()
@@ -103,7 +104,7 @@ def epoch_end(t, vocab, val_ids, maxlen, state, checkpoints: Path | None):
 
             start = int(rng.integers(0, len(val_ids) - maxlen))
             prompt = val_ids[start:start + maxlen]
-            out = for_model(self.model, maxlen).generate(prompt, temps, t.epoch_samples.length, rng, mode=t.epoch_samples.mode)
+            out = for_model(unwrap(self.model), maxlen).generate(prompt, temps, t.epoch_samples.length, rng, mode=t.epoch_samples.mode)
             seed_text = decode(prompt, vocab)
             for temp, ids in zip(temps, out, strict=True):
                 text = f"--- seed: {seed_text!r}\n{seed_text}{decode(ids, vocab)}\n"

@@ -123,6 +123,7 @@ class Train:
     learning_rate: float = MISSING
     batch_size: int = MISSING
     steps_per_execution: int = MISSING
+    batch_parts: Any = MISSING  # a positive int or "auto"
     epochs: int = MISSING
     targets: str = MISSING
     time_limit: Optional[float] = MISSING
@@ -289,6 +290,9 @@ def validate(raw: DictConfig | dict, source: str = "config") -> DictConfig:
     _check(t.targets in TARGETS, "train.targets", f"must be one of {TARGETS}, got {t.targets!r}", source)
     _check(t.time_limit is None or (math.isfinite(t.time_limit) and t.time_limit > 0), "train.time_limit",
            f"must be > 0 or null, got {t.time_limit}", source)
+    _check(t.batch_parts == "auto" or (isinstance(t.batch_parts, int) and not isinstance(t.batch_parts, bool)
+                                       and t.batch_parts >= 1),
+           "train.batch_parts", f"must be an integer >= 1 or auto, got {t.batch_parts!r}", source)
     _check(t.shuffle_buffer >= 0, "train.shuffle_buffer", f"must be >= 0, got {t.shuffle_buffer}", source)
     _check(t.clipnorm is None or (math.isfinite(t.clipnorm) and t.clipnorm > 0), "train.clipnorm",
            f"must be > 0 or null, got {t.clipnorm}", source)

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,19 +33,45 @@ from pipeline.vectorize import make_dataset
 DATA_FILES = ("train.npy", "val.npy", "vocab.json")
 
 
-def limit_threads(n: int) -> None:
-    """At most `n` TensorFlow threads per op and `n` ops at once: parallel jobs sharing a machine then
-    do not fight over its cores. TensorFlow fixes this when it first runs an op, so a process that
-    already ran one (a joblib worker on its second job) keeps what it had, with a warning if it differs."""
+def limit_threads(intra: int, inter: int) -> None:
+    """At most `intra` TensorFlow threads per op and `inter` ops at once: parallel jobs sharing a
+    machine then do not fight over its cores. TensorFlow fixes this when it first runs an op, so a
+    process that already ran one (a joblib worker on its second job) keeps what it had, with a
+    warning if it differs."""
     import tensorflow as tf
 
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(n)
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
     except RuntimeError:
-        if tf.config.threading.get_intra_op_parallelism_threads() != n:
-            print(f"warning: threads={n} not applied: TensorFlow already runs with "
-                  f"{tf.config.threading.get_intra_op_parallelism_threads()} threads in this process", file=sys.stderr)
+        had = (tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads())
+        if had != (intra, inter):
+            print(f"warning: {intra} thread(s) per op and {inter} op(s) at once not applied: TensorFlow already "
+                  f"runs with {had[0]} and {had[1]} in this process", file=sys.stderr)
+
+
+def batch_parts(setting, threads: int | None, batch_size: int) -> int:
+    """`train.batch_parts` as a number. "auto": one part per core the job may use (`threads`, else
+    the machine's) when TensorFlow sees no GPU, where cuDNN runs a batch whole and fast: 1. Never
+    more parts than rows in a batch."""
+    if setting == "auto":
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            return 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        setting = threads or cores
+    return max(1, min(int(setting), batch_size))
+
+
+def set_threads(threads: int | None, parts: int) -> None:
+    """TensorFlow's threads for `parts` batch parts (`pipeline.model.Parallel`): one thread per op
+    and one op per part at once, so that each part's loop has a core; unsplit, `threads` for both
+    (null: TensorFlow's own choice, all cores)."""
+    if parts > 1:
+        limit_threads(1, parts)
+    elif threads:
+        limit_threads(threads, threads)
 
 
 def make_optimizer(name: str, learning_rate: float, clipnorm: float | None = None):
@@ -129,7 +156,7 @@ def run(cfg) -> dict:
     import tensorflow as tf
 
     from pipeline import checkpoint
-    from pipeline.model import build as build_model
+    from pipeline.model import Parallel, build as build_model
 
     prepared, models_dir, metrics_dir = Path(cfg.paths.prepared), Path(cfg.paths.models), Path(cfg.paths.metrics)
     vocab = json.loads((prepared / "vocab.json").read_text(encoding="utf-8"))
@@ -142,8 +169,8 @@ def run(cfg) -> dict:
     uri = tracking.resolve_uri(cfg.mlflow.tracking_uri)
     experiment_id = tracking.connect(uri, cfg.mlflow.experiment)
 
-    if cfg.threads:
-        limit_threads(cfg.threads)
+    parts = batch_parts(t.batch_parts, cfg.threads, t.batch_size)
+    set_threads(cfg.threads, parts)
     if t.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg.seed)
@@ -156,6 +183,7 @@ def run(cfg) -> dict:
 
     def build():
         m = build_model(len(vocab), sequence=sequence, **keys)
+        m = Parallel(m, parts) if parts > 1 else m
         m.compile(optimizer=make_optimizer(t.optimizer, t.learning_rate, t.clipnorm), loss="sparse_categorical_crossentropy",
                   steps_per_execution=t.steps_per_execution)
         return m
@@ -169,10 +197,10 @@ def run(cfg) -> dict:
     callback = callbacks.epoch_end(t, vocab, val_ids, maxlen, state, checkpoints)
     model = callbacks.resume(found[0], callback) if found else build()
     val_ds = make_dataset(val_ids, maxlen, cfg.vectorize.val_step or step, t.batch_size, None, cfg.seed)
-    # Trained on all targets, the model predicts after every position; the exported model is its
-    # twin that predicts after the last one (the same weights), and val_loss is that twin's on the
-    # held-out windows: the book's figure, whatever the training objective.
-    exported = build_model(len(vocab), **keys) if sequence else model
+    # The exported model is the trained one's twin (the same weights) without the batch parts, and,
+    # trained on all targets, the twin that predicts after the last position only: val_loss is then
+    # that twin's on the held-out windows, the book's figure, whatever the training objective.
+    exported = build_model(len(vocab), **keys) if sequence or parts > 1 else model
     held_out = [callbacks.held_out(exported, val_ds)] if sequence else []
 
     with tracking.run(state["run_id"], experiment_id) as active:

@@ -182,6 +182,82 @@ def test_the_sequence_twin_has_the_same_weights_and_its_last_position_is_the_mod
         np.testing.assert_allclose(out[:, k - 1], np.asarray(model(x[:, :k], training=False)), atol=2e-6)
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_batch_parts_are_the_model_on_the_whole_batch(name):
+    """pipeline.model.Parallel: the model's own weights (the same variables) and its outputs, for
+    batches smaller than, equal to and larger than the number of parts, and for the sequence twin."""
+    from pipeline.model import Parallel, build, unwrap
+
+    family = name.split("_1")[0]
+    model = _random_model(family, **MODELS[name])
+    parallel = Parallel(model, 3)
+    x = np.random.default_rng(5).integers(0, 11, size=(7, 9)).astype("int32")
+    for n in (1, 2, 3, 4, 7):
+        np.testing.assert_allclose(np.asarray(parallel(x[:n], training=False)), np.asarray(model(x[:n], training=False)),
+                                   atol=2e-6)
+    assert len(parallel.weights) == len(model.weights) and all(a is b for a, b in zip(parallel.weights, model.weights))
+    assert unwrap(parallel) is model and unwrap(model) is model
+    twin = build(11, family, sequence=True, **MODELS[name])
+    twin.set_weights(parallel.get_weights())
+    out = np.asarray(Parallel(twin, 2)(x[:5], training=False))
+    assert out.shape == (5, 9, 11)
+    np.testing.assert_allclose(out, np.asarray(twin(x[:5], training=False)), atol=2e-6)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru_1_layer"])
+def test_a_training_step_on_batch_parts_is_the_step_on_the_whole_batch(name):
+    """The mean loss over the parts is the batch's, so its gradients and the optimizer's step are too
+    (to float rounding), including a last batch smaller than the number of parts."""
+    import keras
+
+    from pipeline.model import Parallel
+
+    family = name.split("_1")[0]
+    x = np.random.default_rng(6).integers(0, 11, size=(9, 12)).astype("int32")
+    y = np.random.default_rng(7).integers(0, 11, size=9)
+    weights = {}
+    for parts in (1, 2, 4):
+        model = _random_model(family, **MODELS[name])
+        trained = Parallel(model, parts) if parts > 1 else model
+        trained.compile(optimizer=keras.optimizers.RMSprop(0.01), loss="sparse_categorical_crossentropy")
+        losses = [float(trained.train_on_batch(x[a:b], y[a:b])) for a, b in ((0, 8), (8, 9))]
+        weights[parts] = (losses, model.get_weights())
+    for parts in (2, 4):
+        assert weights[parts][0] == pytest.approx(weights[1][0], rel=1e-5)
+        for a, b in zip(weights[parts][1], weights[1][1], strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+    assert not np.allclose(weights[1][1][-1], _random_model(family, **MODELS[name]).get_weights()[-1])  # it did train
+
+
+def test_batch_parts_follow_the_cores_and_never_exceed_the_batch(monkeypatch):
+    import os
+
+    from pipeline.train import batch_parts
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert batch_parts("auto", None, 128) == 3  # the test machines have no GPU
+    assert batch_parts("auto", 2, 128) == 2  # `threads`: the cores this job may use
+    assert batch_parts("auto", None, 2) == 2
+    assert batch_parts(5, None, 128) == 5
+    assert batch_parts(5, None, 4) == 4
+    assert batch_parts(1, 8, 128) == 1
+
+
+def test_training_in_batch_parts_exports_the_plain_model(workdir):
+    """train.batch_parts=2: the exported model is the family's own (no Parallel in the file), and
+    the sample stage, which runs it whole, agrees with training on the held-out loss."""
+    from pipeline import fetch, sample, train, vectorize
+    from pipeline.model import Parallel, load
+
+    cfg = tiny(workdir, "train.batch_parts=2", "train.epochs=1", "sample.temperature=[0.5]")
+    for stage in (fetch, vectorize):
+        stage.run(cfg)
+    trained = train.run(cfg)
+    model, _ = load(workdir / "models")
+    assert not isinstance(model, Parallel) and model.name == "lstm"
+    assert sample.run(cfg)["val_loss"] == pytest.approx(trained["best_val_loss"], rel=1e-5)
+
+
 @pytest.mark.parametrize("name", ["stacked_lstm", "conv1d"])
 def test_training_on_all_targets_exports_the_last_position_model_with_the_books_val_loss(workdir, name):
     from pipeline import fetch, sample, train, vectorize

@@ -34,6 +34,43 @@ MODELS = {"lstm": lstm.build, "stacked_lstm": partial(rnn.build, cell="lstm"), "
 build_lstm = lstm.build  # the name earlier versions gave the book's model
 
 
+@keras.saving.register_keras_serializable(package="genlab")
+class Parallel(keras.Model):
+    """`model` run on `parts` consecutive slices of each batch, its outputs concatenated in order:
+    the numbers of `model` on the whole batch (to float rounding; dropout draws a mask per slice),
+    its weights and so its mean loss, but as `parts` independent recurrent loops. On a CPU the
+    train stage runs them on separate cores: a loop's per-step ops are too small for TensorFlow to
+    spread over two cores (measured: one intra-op thread trains the book's model about as fast as
+    two), so one loop per core is what keeps both busy. A batch smaller than `parts` (an epoch's
+    last) is padded with rows of id 0 whose outputs are dropped: Keras's recurrent layers fail on
+    an empty slice."""
+
+    def __init__(self, model: keras.Model, parts: int, **kwargs):
+        super().__init__(**kwargs)
+        self.inner, self.parts = model, parts
+
+    def call(self, ids, training=None):
+        ops = keras.ops
+        n, time = ops.shape(ids)[0], ops.shape(ids)[1]
+        ids = ops.concatenate([ids, ops.zeros((ops.maximum(self.parts - n, 0), time), dtype=ids.dtype)], axis=0)
+        rows = ops.maximum(n, self.parts)
+        cuts = [rows * k // self.parts for k in range(self.parts + 1)]
+        return ops.concatenate([self.inner(ids[a:b], training=training) for a, b in zip(cuts, cuts[1:])], axis=0)[:n]
+
+    def get_config(self):
+        return {"name": self.name, "model": keras.saving.serialize_keras_object(self.inner), "parts": self.parts}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(keras.saving.deserialize_keras_object(config.pop("model")), **config)
+
+
+def unwrap(model: keras.Model) -> keras.Model:
+    """The model itself: the one a `Parallel` training model runs, or `model` if it is not one."""
+    return model.inner if isinstance(model, Parallel) else model
+
+
 def build(vocab_size: int, name: str, sequence: bool = False, **keys) -> keras.Model:
     """The `name` family's model for a vocabulary of `vocab_size` characters. `sequence`: its twin
     that predicts after every position, (batch, time, vocab), with the same weights, for training
