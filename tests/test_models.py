@@ -258,6 +258,25 @@ def test_training_in_batch_parts_exports_the_plain_model(workdir):
     assert sample.run(cfg)["val_loss"] == pytest.approx(trained["best_val_loss"], rel=1e-5)
 
 
+def test_a_checkpoint_trained_in_parts_resumed_in_one_exports_the_plain_model(workdir, monkeypatch):
+    """`auto` can mean 2 parts where a run starts and 1 where it resumes (a GPU machine): the
+    resumed model is the checkpoint's Parallel one, and the export must still be the plain model."""
+    from pipeline import checkpoint, fetch, train, vectorize
+    from pipeline.model import Parallel, load
+
+    cfg = tiny(workdir, "train.epochs=1")
+    for stage in (fetch, vectorize):
+        stage.run(cfg)
+    monkeypatch.setattr(checkpoint, "clear", lambda folder: None)  # keep the last checkpoint
+    monkeypatch.setattr(train, "batch_parts", lambda setting, threads, batch: 2)
+    first = train.run(cfg)
+    monkeypatch.setattr(train, "batch_parts", lambda setting, threads, batch: 1)
+    again = train.run(cfg)  # resumes after the last epoch: nothing left to train, only the export
+    assert again["best_val_loss"] == first["best_val_loss"]
+    model, _ = load(workdir / "models")
+    assert not isinstance(model, Parallel) and model.name == "lstm"
+
+
 @pytest.mark.parametrize("name", ["stacked_lstm", "conv1d"])
 def test_training_on_all_targets_exports_the_last_position_model_with_the_books_val_loss(workdir, name):
     from pipeline import fetch, sample, train, vectorize
