@@ -258,7 +258,7 @@ def test_training_in_batch_parts_exports_the_plain_model(workdir):
     assert sample.run(cfg)["val_loss"] == pytest.approx(trained["best_val_loss"], rel=1e-5)
 
 
-def test_a_checkpoint_trained_in_parts_resumed_in_one_exports_the_plain_model(workdir, monkeypatch):
+def test_a_checkpoint_trained_in_parts_resumed_in_one_exports_the_plain_model(workdir, monkeypatch, capsys):
     """`auto` can mean 2 parts where a run starts and 1 where it resumes (a GPU machine): the
     resumed model is the checkpoint's Parallel one, and the export must still be the plain model."""
     from pipeline import checkpoint, fetch, train, vectorize
@@ -272,6 +272,7 @@ def test_a_checkpoint_trained_in_parts_resumed_in_one_exports_the_plain_model(wo
     first = train.run(cfg)
     monkeypatch.setattr(train, "batch_parts", lambda setting, threads, batch: 1)
     again = train.run(cfg)  # resumes after the last epoch: nothing left to train, only the export
+    assert "train: resuming after epoch 1" in capsys.readouterr().out
     assert again["best_val_loss"] == first["best_val_loss"]
     model, _ = load(workdir / "models")
     assert not isinstance(model, Parallel) and model.name == "lstm"
