@@ -9,11 +9,12 @@ Faithful to the book where it matters for speed and memory:
   cross-entropy, `model.fit(x, y, batch_size=128, epochs=1)` on numpy arrays;
 - generation: for every character, re-one-hot the last `maxlen` characters and call
   `model.predict`, then sample with the temperature.
-Only the Keras 3 spellings differ (keras.Input, learning_rate=, predict(verbose=0)).
+Only the Keras 3 spellings differ (keras.Input, learning_rate=, predict(verbose=0)), and Keras is
+imported where the model is built, so that the vectorize measurement does not start TensorFlow
+(10 s a process on the benchmark's machine, outside the timed work either way).
 """
 from __future__ import annotations
 
-import keras
 import numpy as np
 
 
@@ -34,7 +35,9 @@ def vectorize(text: str, maxlen: int = 60, step: int = 3):
     return x, y, chars, char_indices
 
 
-def build_model(maxlen: int, n_chars: int, units: int = 128) -> keras.Model:
+def build_model(maxlen: int, n_chars: int, units: int = 128):
+    import keras
+
     model = keras.Sequential([keras.Input((maxlen, n_chars)), keras.layers.LSTM(units),
                               keras.layers.Dense(n_chars, activation="softmax")])
     model.compile(loss="categorical_crossentropy", optimizer=keras.optimizers.RMSprop(learning_rate=0.01))

@@ -6,13 +6,16 @@ corpus and model size: vectorize, training, generation, and a no-op `dvc repro`.
     python bench/compare.py --reps 5 --train-reps 3
 
 Every measurement runs in a fresh process of its own (so peak RSS is that side's alone) and times
-only the work, after imports and any warm-up. Cheap figures are the median of --reps runs. Training
+only the work, after imports and any warm-up. Cheap figures are the median of --reps runs: of
+--reps processes for vectorize, of --reps runs in one process per side for generation. Training
 at batch 128 is the book's whole one-epoch fit() against genlab's real pipeline: a throwaway copy of
 the project, `dvc repro` with train.epochs=1, whose train stage reports its epoch time (validation,
 per-epoch samples and checkpoint included), loss and peak RSS in metrics/train.json; the same copy
 then times no-op repros. The two run in turn, --train-reps times each (median; default 1: each is a
-full epoch). The batch-512 epochs (reported, no target) run once each. Needs the Nietzsche corpus:
-$GENLAB_DATA_DIR or data/raw/nietzsche.txt. Each extra --train-reps adds two training epochs.
+full epoch). Batch 512 (reported, no target) runs once with and once without XLA, over the first
+--batches-512 batches of an epoch (default 96; 0: whole epochs), its loss set against the book's
+running loss after as many samples. The last row is the command's own wall time. Needs the Nietzsche
+corpus: $GENLAB_DATA_DIR or data/raw/nietzsche.txt. Each extra --train-reps adds two training epochs.
 """
 from __future__ import annotations
 
@@ -74,16 +77,23 @@ def child_vectorize(side: str) -> dict:
     return {"seconds": seconds, "windows": v.count_windows(len(text), MAXLEN, STEP), "bytes_out": size}
 
 
-def _phases():
+def _phases(mark: int = 0):
     """A callback that notes when fit() starts training and when its epoch ends, so that the whole
-    call splits into setup, the epoch (its steps) and the teardown after it."""
+    call splits into setup, the epoch (its steps) and the teardown after it; and, with `mark`, the
+    epoch's running loss after its first `mark` batches. It is async-safe, so Keras still hands
+    batch ends to its thread pool as it does with no batch hook: the fit() measured is the same."""
     import keras
 
     class Phases(keras.callbacks.Callback):
-        begin = end = None
+        begin = end = loss_at_mark = None
+        async_safe = True
 
         def on_train_begin(self, logs=None):
             self.begin = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if mark and batch + 1 == mark:
+                self.loss_at_mark = float(logs["loss"])
 
         def on_epoch_end(self, epoch, logs=None):
             self.end = time.perf_counter()
@@ -91,7 +101,9 @@ def _phases():
     return Phases()
 
 
-def child_train(side: str, batch: int, jit: bool) -> dict:
+def child_train(side: str, batch: int, jit: bool, batches: int = 0, mark: int = 0) -> dict:
+    """One fit() at `batch`, timed whole: the whole epoch, or its first `batches` batches (genlab's
+    only). `mark` (the book's only): also the running loss after that many batches."""
     import keras
     import numpy as np
 
@@ -102,7 +114,7 @@ def child_train(side: str, batch: int, jit: bool) -> dict:
 
         x, y, chars, _ = book.vectorize(text, MAXLEN, STEP)
         model = book.build_model(MAXLEN, len(chars), UNITS)
-        phases = _phases()
+        phases = _phases(mark)
         started = time.perf_counter()  # the whole fit() call, as the user waits for it
         history = model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=[phases])
         seconds, samples = time.perf_counter() - started, len(x)
@@ -124,20 +136,26 @@ def child_train(side: str, batch: int, jit: bool) -> dict:
         model.compile(optimizer=train.make_optimizer(t.optimizer, t.learning_rate, t.clipnorm),
                       loss="sparse_categorical_crossentropy", jit_compile=jit,
                       steps_per_execution=t.steps_per_execution)
+        data = train.make_dataset(ids, MAXLEN, STEP, batch, t.shuffle_buffer, cfg.seed, 0)
+        samples = v.count_windows(len(train_text), MAXLEN, STEP)
+        if batches:
+            data, samples = data.take(batches), min(samples, batches * batch)
         phases = _phases()
         started = time.perf_counter()  # the whole fit() call, dataset included
-        history = model.fit(train.make_dataset(ids, MAXLEN, STEP, batch, t.shuffle_buffer, cfg.seed, 0),
-                            epochs=1, verbose=0, callbacks=[phases])
-        seconds, samples = time.perf_counter() - started, v.count_windows(len(train_text), MAXLEN, STEP)
+        history = model.fit(data, epochs=1, verbose=0, callbacks=[phases])
+        seconds = time.perf_counter() - started
     return {"seconds": seconds, "samples": samples, "samples_per_second": samples / seconds,
             "loss": float(np.asarray(history.history["loss"][-1])), "setup_seconds": phases.begin - started,
-            "epoch_seconds": phases.end - phases.begin, "teardown_seconds": started + seconds - phases.end}
+            "epoch_seconds": phases.end - phases.begin, "teardown_seconds": started + seconds - phases.end,
+            **({"loss_at_mark": phases.loss_at_mark} if mark else {})}
 
 
-def child_generate(side: str, length: int) -> dict:
+def child_generate(side: str, length: int, reps: int) -> dict:
     """Characters per second of one stream and of 4 temperatures at once: the book's loop (window
-    mode only: `predict` on the last maxlen characters), or genlab's generator in both modes (all four
-    figures in this one process, each after its own warm-up). Flat keys: <mode>_<streams>_<what>."""
+    mode only: `predict` on the last maxlen characters), or genlab's generator in both modes. Each
+    figure is the median of `reps` runs in this one process, after its own warm-up (a process
+    costs 10 s of TensorFlow start-up here, and generation keeps no state between runs). Flat keys:
+    <mode>_<streams>_<what>."""
     import keras
     import numpy as np
 
@@ -145,28 +163,34 @@ def child_generate(side: str, length: int) -> dict:
     text = _corpus().read_text(encoding="utf-8").lower()
     chars = sorted(set(text))
     seed_text = text[1000:1000 + MAXLEN]
-    out = {}
+
+    def timed(run) -> float:
+        times = []
+        for _ in range(reps):
+            started = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
     if side == "book":
         from bench import book_reference as book
 
         model = book.build_model(MAXLEN, len(chars), UNITS)
         index = {c: i for i, c in enumerate(chars)}
         book.generate(model, seed_text, chars, index, MAXLEN, 2, 0.5)  # warm-up: the first predict traces
-        started = time.perf_counter()
-        book.generate(model, seed_text, chars, index, MAXLEN, length, 0.5)
-        seconds = time.perf_counter() - started
+        seconds = timed(lambda: book.generate(model, seed_text, chars, index, MAXLEN, length, 0.5))
         return {"window_1_chars_per_second": length / seconds, "window_1_seconds_per_stream_char": seconds / length}
     from pipeline.generator import Generator
     from pipeline.model import MODELS
 
     gen = Generator(MODELS["lstm"](len(chars), UNITS), MAXLEN)
     prompt = np.array([chars.index(c) for c in seed_text])
+    out = {}
     for mode in ("stateful", "window"):
         for temps in (1, 4):
             gen.generate(prompt, [0.5] * temps, 5, np.random.default_rng(0), mode=mode)  # warm-up
-            started = time.perf_counter()
-            gen.generate(prompt, [0.2, 0.5, 1.0, 1.2][:temps], length, np.random.default_rng(0), mode=mode)
-            seconds = time.perf_counter() - started
+            seconds = timed(lambda: gen.generate(prompt, [0.2, 0.5, 1.0, 1.2][:temps], length,
+                                                 np.random.default_rng(0), mode=mode))
             out[f"{mode}_{temps}_chars_per_second"] = temps * length / seconds
             out[f"{mode}_{temps}_seconds_per_stream_char"] = seconds / length
     return out
@@ -256,12 +280,22 @@ def cpu() -> str:
     return f"{name} ({'AVX-512' if ' avx512f' in info else 'no AVX-512'})"
 
 
-def machine() -> str:
-    import keras
-    import tensorflow as tf
+def _version(*names: str) -> str:
+    """An installed package's version, read from its metadata: importing TensorFlow only to ask
+    would cost the parent 10 s of the benchmark's wall time."""
+    from importlib import metadata
 
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "not installed"
+
+
+def machine() -> str:
     return (f"{cpu()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-            f"TensorFlow {tf.__version__}, Keras {keras.__version__}, numpy {__import__('numpy').__version__}")
+            f"TensorFlow {_version('tensorflow', 'tensorflow-cpu')}, Keras {_version('keras')}, numpy {_version('numpy')}")
 
 
 def main() -> None:
@@ -270,6 +304,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="repetitions of the cheap figures (median)")
     parser.add_argument("--train-reps", type=int, default=1,
                         help="repetitions of the batch-128 training epoch, book and genlab in turn (median)")
+    parser.add_argument("--batches-512", type=int, default=96,
+                        help="batches of the batch-512 runs (0: a whole epoch each, about 2 minutes more)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -302,7 +338,8 @@ def main() -> None:
     # Training at batch 128: the book's whole fit() against genlab's real train stage, one epoch
     # under `dvc repro` (validation, per-epoch samples and checkpoint included: the epoch as the
     # user waits for it), taken in turn; the same throwaway repository then times no-op repros.
-    tb, dvc = measure_pair(args.train_reps, ("train", "book", 128, False), ("dvc", r))
+    mark = args.batches_512 * 512 // 128  # the book's batches for as many samples as batch 512's measure
+    tb, dvc = measure_pair(args.train_reps, ("train", "book", 128, False, 0, mark), ("dvc", r))
     ratio = dvc["samples_per_second"] / tb["samples_per_second"]
     add("train samples/s, batch 128, whole epochs (book: fit(); genlab: the train stage's epoch)",
         tb["samples_per_second"], dvc["samples_per_second"], ratio, ">= 1.2x", ratio >= 1.2, "samples/s")
@@ -315,23 +352,33 @@ def main() -> None:
         dvc["stage_peak_mib"], tb["peak_mib"] / dvc["stage_peak_mib"], f"genlab <= 1 GB ({one_gb:.1f} MiB)",
         dvc["stage_peak_mib"] <= one_gb, "MiB")
     add("no-op dvc repro", None, dvc["seconds"], None, "<= 10 s", dvc["seconds"] <= 10, "s")
+    # Batch 512 (reported, no target) over the first --batches-512 batches of an epoch, the whole
+    # fit() call timed: its throughput against the book's steps at 128 (the issue's measure), and its
+    # running loss against the book's after as many samples. Two whole epochs took 230 s of the
+    # benchmark's 13 minutes; --batches-512 0 measures them whole, their loss after the epoch.
+    n = args.batches_512
     for jit in (False, True):
-        t5 = measure(1, "train", "genlab", 512, jit)  # reported, no target: one fit() epoch each
-        label = f"batch 512{' + jit_compile' if jit else ''}"
-        add(f"train samples/s, {label}, whole fit() (vs book at 128)", tb["samples_per_second"], t5["samples_per_second"],
-            t5["samples_per_second"] / tb["samples_per_second"], "report", None, "samples/s")
-        add(f"loss after 1 epoch, {label}", tb["loss"], t5["loss"], t5["loss"] / tb["loss"], "report", None, "nats")
+        t5 = measure(1, "train", "genlab", 512, jit, n)
+        label, steps = f"batch 512{' + jit_compile' if jit else ''}", tb["samples"] / tb["epoch_seconds"]
+        span = f"its first {n} batches" if n else "a whole epoch"
+        add(f"train samples/s, {label}, fit() of {span} (vs the book's steps at 128)", steps,
+            t5["samples_per_second"], t5["samples_per_second"] / steps, "report", None, "samples/s")
+        book_loss = tb["loss_at_mark"] if n else tb["loss"]
+        add(f"loss after {f'{n * 512:,} samples' if n else '1 epoch'}, {label} (book: batch 128)", book_loss, t5["loss"],
+            t5["loss"] / book_loss, "report", None, "nats")
 
     book_len, gen_len = 40, 2000
-    gb, gg = measure(r, "generate", "book", book_len), measure(r, "generate", "genlab", gen_len)
+    gb, gg = _child("generate", "book", book_len, r), _child("generate", "genlab", gen_len, r)
     for mode, target in (("stateful", 1000), ("window", 30)):
         ratio = gg[f"{mode}_1_chars_per_second"] / gb["window_1_chars_per_second"]
         add(f"generate chars/s, one stream, {mode} mode", gb["window_1_chars_per_second"],
             gg[f"{mode}_1_chars_per_second"], ratio, f">= {target}x", ratio >= target, "chars/s")
         cost = gg[f"{mode}_4_seconds_per_stream_char"] / gg[f"{mode}_1_seconds_per_stream_char"]
         add(f"4 temperatures / 1 temperature, time, {mode} mode", None, cost, cost, "<= 1.5", cost <= 1.5, "x")
+    minutes = (time.perf_counter() - began) / 60
+    add("benchmark wall time (this command, all of the above)", None, minutes, None, "< 10 min", minutes < 10, "min")
 
-    print(f"measured in {(time.perf_counter() - began) / 60:.1f} minutes", file=sys.stderr, flush=True)
+    print(f"measured in {minutes:.1f} minutes", file=sys.stderr, flush=True)
     if args.json:
         for f in figures:
             print(json.dumps(f))
