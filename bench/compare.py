@@ -120,14 +120,15 @@ def child_train(side: str, batch: int, jit: bool, batches: int = 0, mark: int = 
         seconds, samples = time.perf_counter() - started, len(x)
     else:
         from pipeline import config, train, vectorize as v
+        from pipeline.machine import batch_parts, set_threads
         from pipeline.model import MODELS, Parallel
 
         cfg = config.compose([f"train.batch_size={batch}"])
         t = cfg.train
         # As the train stage runs it; XLA compiles the step into one program for all the threads, which
         # batch parts (one thread per op) would starve: 983 samples/s at batch 512 with 2 parts, 1,580 with 1.
-        parts = 1 if jit else train.batch_parts(t.batch_parts, cfg.threads, batch)
-        train.set_threads(cfg.threads, parts)
+        parts = 1 if jit else batch_parts(t.batch_parts, cfg.threads, batch)
+        set_threads(cfg.threads, parts)
         train_text, _ = v.split(text, cfg.vectorize.val_fraction, MAXLEN, "corpus")
         vocab = v.build_vocab(text)
         ids = v.encode(train_text, vocab)

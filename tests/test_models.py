@@ -232,7 +232,7 @@ def test_a_training_step_on_batch_parts_is_the_step_on_the_whole_batch(name):
 def test_batch_parts_follow_the_cores_and_never_exceed_the_batch(monkeypatch):
     import os
 
-    from pipeline.train import batch_parts
+    from pipeline.machine import batch_parts
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     assert batch_parts("auto", None, 128) == 3  # the test machines have no GPU

@@ -1,0 +1,67 @@
+"""How a job uses the machine it runs on: TensorFlow's threads, the batch parts that give each core
+a recurrent loop of its own (`train.batch_parts`, `pipeline.model.Parallel`), and the memory the
+process holds. The train stage and `bench/compare.py` set up training through it."""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+
+def limit_threads(intra: int, inter: int) -> None:
+    """At most `intra` TensorFlow threads per op and `inter` ops at once: parallel jobs sharing a
+    machine then do not fight over its cores. TensorFlow fixes this when it first runs an op, so a
+    process that already ran one (a joblib worker on its second job) keeps what it had, with a
+    warning if it differs."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:
+        had = (tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads())
+        if had != (intra, inter):
+            print(f"warning: {intra} thread(s) per op and {inter} op(s) at once not applied: TensorFlow already "
+                  f"runs with {had[0]} and {had[1]} in this process", file=sys.stderr)
+
+
+def batch_parts(setting, threads: int | None, batch_size: int) -> int:
+    """`train.batch_parts` as a number. "auto": one part per core the job may use (`threads`, else
+    the machine's) when TensorFlow sees no GPU, where cuDNN runs a batch whole and fast: 1. Never
+    more parts than rows in a batch."""
+    if setting == "auto":
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            return 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        setting = threads or cores
+    return max(1, min(int(setting), batch_size))
+
+
+def set_threads(threads: int | None, parts: int) -> None:
+    """TensorFlow's threads for `parts` batch parts (`pipeline.model.Parallel`): one thread per op
+    and one op per part at once, so that each part's loop has a core; unsplit, `threads` for both
+    (null: TensorFlow's own choice, all cores)."""
+    if parts > 1:
+        limit_threads(1, parts)
+    elif threads:
+        limit_threads(threads, threads)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB: what a machine must have for the stage."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)  # bytes on macOS, KiB on Linux
+
+
+def release_free_memory() -> None:
+    """Hand the allocator's free pages back to the system (glibc's malloc_trim; elsewhere nothing).
+    Freed memory otherwise stays with the allocator: in a loop of fit() calls of 100 steps each
+    on full-Nietzsche batches, RSS grew about 1.2 MiB a call without it and not at all with it."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
