@@ -314,9 +314,11 @@ def main() -> None:
     parser.add_argument("--train-reps", type=int, default=1,
                         help="repetitions of the batch-128 training epoch, book and genlab in turn (median)")
     parser.add_argument("--batches-512", type=int, default=96,
-                        help="batches of the batch-512 runs (0: a whole epoch each, about 2 minutes more)")
+                        help="batches of the batch-512 runs, at most 300 (0: a whole epoch each, about 2 minutes more)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not 0 <= args.batches_512 <= 300:  # an epoch of full Nietzsche has 352 batches of 512
+        parser.error(f"--batches-512 must be 0 (whole epochs) or 1-300, got {args.batches_512}")
     if args.child:
         name, *rest = args.child
         conv = [int(a) if a.lstrip("-").isdigit() else (a == "True") if a in ("True", "False") else a for a in rest]
