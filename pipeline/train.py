@@ -138,9 +138,9 @@ def run(cfg) -> dict:
     model = callbacks.resume(found[0], callback) if found else build()
     val_ds = make_dataset(val_ids, maxlen, cfg.vectorize.val_step or step, t.batch_size, None, cfg.seed)
     # The exported model is the trained one's twin (the same weights) without the batch parts (a
-    # resumed checkpoint may have them whatever `parts` is now), and,
-    # trained on all targets, the twin that predicts after the last position only: val_loss is then
-    # that twin's on the held-out windows, the book's figure, whatever the training objective.
+    # resumed checkpoint may have them whatever `parts` is now), and, trained on all targets, the
+    # twin that predicts after the last position only: val_loss is then that twin's on the held-out
+    # windows, the book's figure, whatever the training objective.
     exported = build_model(len(vocab), **keys) if sequence or isinstance(model, Parallel) else model
     held_out = [callbacks.held_out(exported, val_ds)] if sequence else []
 
