@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -31,6 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from pipeline.machine import peak_rss_mib
 
 ROOT = Path(__file__).resolve().parent.parent
 MAXLEN, STEP, UNITS = 60, 3, 128  # the book's recipe; also genlab's defaults (checked in main)
@@ -42,10 +43,6 @@ def _corpus() -> Path:
         if path.is_file():
             return path
     sys.exit("error: no nietzsche.txt: set GENLAB_DATA_DIR to a folder holding it, or run `dvc repro` first")
-
-
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 # --- children: each prints one JSON line ---------------------------------------------------------
@@ -166,14 +163,10 @@ def child_generate(side: str, length: int, reps: int) -> dict:
     chars = sorted(set(text))
     seed_text = text[1000:1000 + MAXLEN]
 
-    def timed(run, runs: int = reps) -> float:
-        """The median wall time of `runs` calls of `run`."""
-        times = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - started)
-        return statistics.median(times)
+    def timed(run) -> float:
+        started = time.perf_counter()
+        run()
+        return time.perf_counter() - started
 
     if side == "book":
         from bench import book_reference as book
@@ -181,7 +174,8 @@ def child_generate(side: str, length: int, reps: int) -> dict:
         model = book.build_model(MAXLEN, len(chars), UNITS)
         index = {c: i for i, c in enumerate(chars)}
         book.generate(model, seed_text, chars, index, MAXLEN, 2, 0.5)  # warm-up: the first predict traces
-        seconds = timed(lambda: book.generate(model, seed_text, chars, index, MAXLEN, length, 0.5))
+        seconds = statistics.median(timed(lambda: book.generate(model, seed_text, chars, index, MAXLEN, length, 0.5))
+                                    for _ in range(reps))
         return {"window_1_chars_per_second": length / seconds, "window_1_seconds_per_stream_char": seconds / length}
     from pipeline.generator import Generator
     from pipeline.model import MODELS
@@ -195,7 +189,7 @@ def child_generate(side: str, length: int, reps: int) -> dict:
             gen.generate(prompt, temps[n], 5, np.random.default_rng(0), mode=mode)  # warm-up
         # One stream and four taken in turn, so that a slow spell of the machine falls on both,
         # and their cost ratio is the median of the ratios within each turn.
-        runs = [{n: timed(lambda: gen.generate(prompt, temps[n], length, np.random.default_rng(0), mode=mode), 1)
+        runs = [{n: timed(lambda: gen.generate(prompt, temps[n], length, np.random.default_rng(0), mode=mode))
                  for n in temps} for _ in range(reps)]
         for n in temps:
             seconds = statistics.median(run[n] for run in runs)
@@ -323,7 +317,7 @@ def main() -> None:
         name, *rest = args.child
         conv = [int(a) if a.lstrip("-").isdigit() else (a == "True") if a in ("True", "False") else a for a in rest]
         result = CHILDREN[name](*conv)
-        print(json.dumps({**result, "peak_mib": _peak_mib()}))
+        print(json.dumps({**result, "peak_mib": peak_rss_mib()}))
         return
 
     from pipeline import config
