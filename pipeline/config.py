@@ -124,6 +124,7 @@ class Train:
     batch_size: int = MISSING
     steps_per_execution: int = MISSING
     batch_parts: Any = MISSING  # a positive int or "auto"
+    fused_lstm: Any = MISSING  # true, false or "auto"
     epochs: int = MISSING
     targets: str = MISSING
     time_limit: Optional[float] = MISSING
@@ -293,6 +294,10 @@ def validate(raw: DictConfig | dict, source: str = "config") -> DictConfig:
     _check(t.batch_parts == "auto" or (isinstance(t.batch_parts, int) and not isinstance(t.batch_parts, bool)
                                        and t.batch_parts >= 1),
            "train.batch_parts", f"must be an integer >= 1 or auto, got {t.batch_parts!r}", source)
+    _check(isinstance(t.fused_lstm, bool) or t.fused_lstm == "auto", "train.fused_lstm", f"must be true, false or auto, got {t.fused_lstm!r}", source)
+    _check(t.fused_lstm is not True or (cfg.model.name == "lstm" and t.targets == "last"), "train.fused_lstm",
+           f"true runs the book's model only (model=lstm, train.targets=last), not model={cfg.model.name} with "
+           f"train.targets={t.targets}; use auto or false", source)
     _check(t.shuffle_buffer >= 0, "train.shuffle_buffer", f"must be >= 0, got {t.shuffle_buffer}", source)
     _check(t.clipnorm is None or (math.isfinite(t.clipnorm) and t.clipnorm > 0), "train.clipnorm",
            f"must be > 0 or null, got {t.clipnorm}", source)

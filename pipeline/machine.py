@@ -1,6 +1,7 @@
 """How a job uses the machine it runs on: TensorFlow's threads, the batch parts that give each core
-a recurrent loop of its own (`train.batch_parts`, `pipeline.model.Parallel`), and the memory the
-process holds. The train stage and `bench/compare.py` set up training through it."""
+a recurrent loop of its own (`train.batch_parts`, `pipeline.model.Parallel`), the compiled CPU
+loops of the book's LSTM (`train.fused_lstm`) and their BLAS threads, and the memory the process
+holds. The train stage and `bench/compare.py` set up training through it."""
 from __future__ import annotations
 
 import ctypes
@@ -37,6 +38,32 @@ def batch_parts(setting, threads: int | None, batch_size: int) -> int:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         setting = threads or cores
     return max(1, min(int(setting), batch_size))
+
+
+def fused_lstm(setting, model: str, targets: str) -> bool:
+    """`train.fused_lstm` as a yes or no. "auto": yes for the book's model (`model` lstm, `targets`
+    last) when TensorFlow sees no GPU, where cuDNN runs Keras's LSTM fast, and numba is installed."""
+    if setting != "auto":
+        return bool(setting)
+    if model != "lstm" or targets != "last":
+        return False
+    import importlib.util
+
+    import tensorflow as tf
+
+    return not tf.config.list_physical_devices("GPU") and importlib.util.find_spec("numba") is not None
+
+
+def limit_blas(threads: int | None) -> None:
+    """At most `threads` BLAS threads per product (null: BLAS's own choice) for the fused LSTM's
+    loops, whose products go to SciPy's OpenBLAS (numba's np.dot): with batch parts each core
+    already runs a loop, and a second thread per product would only fight it for the core."""
+    if threads is None:
+        return
+    import scipy.linalg.cython_blas  # noqa: F401 - loads the library the loops call, so the limit reaches it
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads, user_api="blas")
 
 
 def set_threads(threads: int | None, parts: int) -> None:

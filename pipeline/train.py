@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from pipeline import artifacts, callbacks, config, pyfunc, tracking
 from pipeline.callbacks import TrainError
-from pipeline.machine import batch_parts, peak_rss_mib, release_free_memory, set_threads
+from pipeline.machine import batch_parts, fused_lstm, limit_blas, peak_rss_mib, release_free_memory, set_threads
 from pipeline.vectorize import make_dataset
 
 DATA_FILES = ("train.npy", "val.npy", "vocab.json")
@@ -111,6 +111,9 @@ def run(cfg) -> dict:
 
     parts = batch_parts(t.batch_parts, cfg.threads, t.batch_size)
     set_threads(cfg.threads, parts)
+    fused = fused_lstm(t.fused_lstm, cfg.model.name, t.targets)
+    if fused:
+        limit_blas(1 if parts > 1 else cfg.threads)
     if t.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg.seed)
@@ -123,7 +126,7 @@ def run(cfg) -> dict:
 
     def build():
         m = build_model(len(vocab), sequence=sequence, **keys)
-        m = Parallel(m, parts) if parts > 1 else m
+        m = Parallel(m, parts, fused) if parts > 1 or fused else m
         m.compile(optimizer=make_optimizer(t.optimizer, t.learning_rate, t.clipnorm), loss="sparse_categorical_crossentropy",
                   steps_per_execution=t.steps_per_execution)
         return m

@@ -66,6 +66,8 @@ def test_config_is_read_only():
     ("train.batch_parts=many", "train.batch_parts"),
     ("train.batch_parts=true", "train.batch_parts"),
     ("train.batch_parts=1.5", "train.batch_parts"),
+    ("train.fused_lstm=1", "train.fused_lstm"),
+    ("train.fused_lstm=maybe", "train.fused_lstm"),
     ("train.optimizer=adagrad", "train.optimizer"),
     ("sample.temperature=0", "sample.temperature"),
     ("sample.temperature=-1", "sample.temperature"),
@@ -84,6 +86,13 @@ def test_config_is_read_only():
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")):
         config.compose([override])
+
+
+@pytest.mark.parametrize("overrides", [["train.fused_lstm=true", "model=gru"], ["train.fused_lstm=true", "train.targets=all"]])
+def test_fused_lstm_true_needs_the_book_model(overrides):
+    with pytest.raises(config.ConfigError, match=r"train\.fused_lstm true runs the book's model only"):
+        config.compose(overrides)
+    config.compose(overrides[1:])  # auto (the default) just uses Keras's LSTM there
 
 
 def test_load_rejects_unknown_keys_and_names_the_file(tmp_path):

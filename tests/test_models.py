@@ -229,6 +229,84 @@ def test_a_training_step_on_batch_parts_is_the_step_on_the_whole_batch(name):
     assert not np.allclose(weights[1][1][-1], _random_model(family, **MODELS[name]).get_weights()[-1])  # it did train
 
 
+@pytest.mark.parametrize("vocab,units", [(11, 8), (57, 128)])
+def test_the_fused_lstm_gives_keras_lstm_outputs_and_gradients(vocab, units):
+    """pipeline.model.lstm_cpu through Parallel(fused=True): the book's model's outputs and the
+    gradients of its loss for every weight, against Keras's LSTM, for batches smaller than, equal
+    to and larger than the parts (the book's size too: the loops' vectorised paths)."""
+    import keras
+    import tensorflow as tf
+
+    from pipeline.model import Parallel
+
+    model = _random_model("lstm", vocab=vocab, units=units)
+    x = np.random.default_rng(8).integers(0, vocab, size=(7, 13)).astype("int32")
+    y = np.random.default_rng(9).integers(0, vocab, size=7)
+    loss = keras.losses.SparseCategoricalCrossentropy()
+    for parts in (1, 3):
+        fused = Parallel(model, parts, fused=True)
+        for n in (1, 3, 7):
+            with tf.GradientTape(persistent=True) as tape:
+                ours, theirs = fused(x[:n], training=True), model(x[:n], training=True)
+                ours_loss, their_loss = loss(y[:n], ours), loss(y[:n], theirs)
+            np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-5, atol=1e-6)
+            grads = tape.gradient(ours_loss, model.trainable_weights), tape.gradient(their_loss, model.trainable_weights)
+            assert len(grads[0]) == 5  # the LSTM's kernel, recurrent kernel, bias; the softmax's kernel, bias
+            for a, b in zip(*grads, strict=True):
+                scale = float(tf.reduce_max(tf.abs(b)))
+                assert scale > 0
+                # float32 sums over batch x time terms: rounding relative to the largest entry
+                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_a_training_step_of_the_fused_lstm_is_keras_step():
+    """RMSprop with clipping on the fused loops, in 1 and 2 parts, a last batch of one row included:
+    Keras's LSTM's losses and weights after the steps (to float rounding)."""
+    import keras
+
+    from pipeline.model import Parallel
+
+    x = np.random.default_rng(6).integers(0, 11, size=(9, 12)).astype("int32")
+    y = np.random.default_rng(7).integers(0, 11, size=9)
+    results = {}
+    for fused, parts in ((False, 1), (True, 1), (True, 2)):
+        model = _random_model("lstm", units=8)
+        trained = Parallel(model, parts, fused=True) if fused else model
+        trained.compile(optimizer=keras.optimizers.RMSprop(0.01, clipnorm=1.0), loss="sparse_categorical_crossentropy")
+        losses = [float(trained.train_on_batch(x[a:b], y[a:b])) for a, b in ((0, 8), (8, 9), (0, 8))]
+        results[fused, parts] = (losses, model.get_weights())
+    for key in ((True, 1), (True, 2)):
+        assert results[key][0] == pytest.approx(results[False, 1][0], rel=1e-5)
+        for a, b in zip(results[key][1], results[False, 1][1], strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+    assert not np.allclose(results[True, 2][1][1], _random_model("lstm", units=8).get_weights()[1])  # it did train
+
+
+def test_the_fused_lstm_passes_nan_on_and_runs_the_book_model_only():
+    """A NaN weight gives NaN outputs, as Keras's LSTM does (the divergence check reads the loss);
+    other families are refused with a message that says why."""
+    from pipeline.model import Parallel
+
+    model = _random_model("lstm", units=8)
+    weights = model.get_weights()
+    weights[2][0] = np.nan  # one bias entry
+    model.set_weights(weights)
+    x = np.random.default_rng(1).integers(0, 11, size=(2, 5)).astype("int32")
+    assert np.isnan(np.asarray(Parallel(model, 1, fused=True)(x))).all()
+    with pytest.raises(ValueError, match="the fused LSTM runs the book's model"):
+        Parallel(_random_model("gru", **MODELS["gru"]), 2, fused=True)
+    restored = Parallel.from_config(Parallel(_random_model("lstm", units=8), 2, fused=True).get_config())
+    assert restored.fused and restored.parts == 2
+
+
+def test_fused_lstm_auto_is_the_book_model_without_a_gpu():
+    from pipeline.machine import fused_lstm
+
+    assert fused_lstm("auto", "lstm", "last")  # the test machines have no GPU, and numba is a dependency
+    assert not fused_lstm("auto", "gru", "last") and not fused_lstm("auto", "lstm", "all")
+    assert fused_lstm(True, "lstm", "last") and not fused_lstm(False, "lstm", "last")
+
+
 def test_batch_parts_follow_the_cores_and_never_exceed_the_batch(monkeypatch):
     import os
 

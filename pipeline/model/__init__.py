@@ -43,11 +43,15 @@ class Parallel(keras.Model):
     spread over two cores (measured: one intra-op thread trains the book's model about as fast as
     two), so one loop per core is what keeps both busy. A batch smaller than `parts` (an epoch's
     last) is padded with rows of id 0 whose outputs are dropped: Keras's recurrent layers fail on
-    an empty slice."""
+    an empty slice. `fused` (the book's model only): each slice's LSTM runs as the compiled CPU
+    loops of `pipeline.model.lstm_cpu` on the layer's own weights instead of Keras's LSTM, with the
+    same numbers to float rounding."""
 
-    def __init__(self, model: keras.Model, parts: int, **kwargs):
+    def __init__(self, model: keras.Model, parts: int, fused: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.inner, self.parts = model, parts
+        self.inner, self.parts, self.fused = model, parts, fused
+        if fused:
+            check_fusable(model)
 
     def call(self, ids, training=None):
         ops = keras.ops
@@ -55,15 +59,39 @@ class Parallel(keras.Model):
         ids = ops.concatenate([ids, ops.zeros((ops.maximum(self.parts - n, 0), time), dtype=ids.dtype)], axis=0)
         rows = ops.maximum(n, self.parts)
         cuts = [rows * k // self.parts for k in range(self.parts + 1)]
-        return ops.concatenate([self.inner(ids[a:b], training=training) for a, b in zip(cuts, cuts[1:])], axis=0)[:n]
+        run = self._fused if self.fused else partial(self.inner, training=training)
+        return ops.concatenate([run(ids[a:b]) for a, b in zip(cuts, cuts[1:])], axis=0)[:n]
+
+    def _fused(self, ids):
+        from pipeline.model.lstm_cpu import lstm_last
+
+        cell = self.inner.get_layer("lstm").cell
+        # The input is the embedding's row for each id: the identity's (one-hot) in the book's
+        # model, so `table @ kernel` is the kernel itself, but any table gives Keras's numbers.
+        kernel = keras.ops.matmul(self.inner.get_layer("one_hot").embeddings, cell.kernel)
+        return self.inner.get_layer("next_char")(lstm_last(ids, kernel, cell.recurrent_kernel, cell.bias))
 
     def get_config(self):
-        return {"name": self.name, "model": keras.saving.serialize_keras_object(self.inner), "parts": self.parts}
+        return {"name": self.name, "model": keras.saving.serialize_keras_object(self.inner), "parts": self.parts,
+                "fused": self.fused}
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         return cls(keras.saving.deserialize_keras_object(config.pop("model")), **config)
+
+
+def check_fusable(model: keras.Model) -> None:
+    """The fused CPU loops (`pipeline.model.lstm_cpu`) run the book's model only: one LSTM with
+    Keras's default activations over the one-hot input, predicting after the last position."""
+    names = [type(la).__name__ for la in model.layers]
+    names = names if [la.name for la in model.layers][1:] == ["one_hot", "lstm", "next_char"] else [*names, "(renamed)"]
+    lstm = next((la for la in model.layers if la.name == "lstm"), None)
+    if (names != ["InputLayer", "Embedding", "LSTM", "Dense"] or lstm.return_sequences or lstm.go_backwards
+            or lstm.activation.__name__ != "tanh" or lstm.recurrent_activation.__name__ != "sigmoid"
+            or lstm.dropout or lstm.recurrent_dropout or not lstm.use_bias or lstm.cell.implementation != 2):
+        raise ValueError(f"model {model.name!r}: the fused LSTM runs the book's model (one-hot ids, one LSTM, a "
+                         f"softmax after the last position), not {names}")
 
 
 def unwrap(model: keras.Model) -> keras.Model:
