@@ -250,6 +250,9 @@ def test_the_fused_lstm_gives_keras_lstm_outputs_and_gradients(vocab, units):
                 ours, theirs = fused(x[:n], training=True), model(x[:n], training=True)
                 ours_loss, their_loss = loss(y[:n], ours), loss(y[:n], theirs)
             np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-5, atol=1e-6)
+            for time in (1, 12, 13):  # inference keeps two positions, alternating: odd and even lengths
+                np.testing.assert_allclose(np.asarray(fused(x[:n, :time], training=False)),
+                                           np.asarray(model(x[:n, :time], training=False)), rtol=1e-5, atol=1e-6)
             grads = tape.gradient(ours_loss, model.trainable_weights), tape.gradient(their_loss, model.trainable_weights)
             assert len(grads[0]) == 5  # the LSTM's kernel, recurrent kernel, bias; the softmax's kernel, bias
             for a, b in zip(*grads, strict=True):

@@ -59,17 +59,17 @@ class Parallel(keras.Model):
         ids = ops.concatenate([ids, ops.zeros((ops.maximum(self.parts - n, 0), time), dtype=ids.dtype)], axis=0)
         rows = ops.maximum(n, self.parts)
         cuts = [rows * k // self.parts for k in range(self.parts + 1)]
-        run = self._fused if self.fused else partial(self.inner, training=training)
+        run = partial(self._fused, keep=training is not False) if self.fused else partial(self.inner, training=training)
         return ops.concatenate([run(ids[a:b]) for a, b in zip(cuts, cuts[1:])], axis=0)[:n]
 
-    def _fused(self, ids):
+    def _fused(self, ids, keep: bool):
         from pipeline.model.lstm_cpu import lstm_last
 
         cell = self.inner.get_layer("lstm").cell
         # The input is the embedding's row for each id: the identity's (one-hot) in the book's
         # model, so `table @ kernel` is the kernel itself, but any table gives Keras's numbers.
         kernel = keras.ops.matmul(self.inner.get_layer("one_hot").embeddings, cell.kernel)
-        return self.inner.get_layer("next_char")(lstm_last(ids, kernel, cell.recurrent_kernel, cell.bias))
+        return self.inner.get_layer("next_char")(lstm_last(ids, kernel, cell.recurrent_kernel, cell.bias, keep))
 
     def get_config(self):
         return {"name": self.name, "model": keras.saving.serialize_keras_object(self.inner), "parts": self.parts,

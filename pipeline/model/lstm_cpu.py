@@ -59,13 +59,17 @@ def _sigmoid(x):
 def forward(ids, kernel, bias, recurrent, H, C, A, TC, Z):
     """From the zero state over ids (batch, time): H[t + 1], C[t + 1] (time + 1, batch, units) the
     output and cell after position t, A (time, batch, 4 units) the gates i, f, c, o after their
-    activations, TC = tanh(C[1:]). H[0] and C[0] must be zero. Z: (batch, 4 units) scratch."""
+    activations, TC = tanh(C[1:]). H[0] and C[0] must be zero. Z: (batch, 4 units) scratch.
+    Arrays with 2 positions for H and C and 1 for A and TC keep nothing for a backward loop
+    (inference): positions then alternate between them."""
     batch, time = ids.shape
     u = recurrent.shape[0]
+    keep = A.shape[0] == time
     for t in range(time):
-        np.dot(H[t], recurrent, Z)
+        now, nxt, at = (t, t + 1, t) if keep else (t % 2, (t + 1) % 2, 0)
+        np.dot(H[now], recurrent, Z)
         for b in range(batch):
-            x, z, a = kernel[ids[b, t]], Z[b], A[t, b]
+            x, z, a = kernel[ids[b, t]], Z[b], A[at, b]
             # Simple loops over one gate each: each one vectorises.
             for k in range(2 * u):
                 a[k] = _sigmoid(z[k] + x[k] + bias[k])
@@ -73,7 +77,7 @@ def forward(ids, kernel, bias, recurrent, H, C, A, TC, Z):
                 a[k] = _tanh(z[k] + x[k] + bias[k])
             for k in range(3 * u, 4 * u):
                 a[k] = _sigmoid(z[k] + x[k] + bias[k])
-            c_prev, c, h, tc = C[t, b], C[t + 1, b], H[t + 1, b], TC[t, b]
+            c_prev, c, h, tc = C[now, b], C[nxt, b], H[nxt, b], TC[at, b]
             for k in range(u):
                 c[k] = a[u + k] * c_prev[k] + a[k] * a[2 * u + k]
             for k in range(u):
@@ -83,10 +87,12 @@ def forward(ids, kernel, bias, recurrent, H, C, A, TC, Z):
 
 
 @njit(**FAST)
-def backward(dh_last, ids, H, C, A, TC, recurrent_t, dZ, dh, dc, d_kernel, d_recurrent, d_bias):
+def backward(dh_last, ids, H, C, A, TC, recurrent_t, dz, dh, dc, d_kernel, d_recurrent, d_bias):
     """The gradients of the kernel, recurrent kernel and bias given d loss / d h after the last
     position, from the forward loop's H, C, A, TC. recurrent_t: the recurrent kernel transposed
-    (4 units, units), contiguous. dZ (time, batch, 4 units), dh and dc (batch, units): scratch."""
+    (4 units, units), contiguous. dz (4 units,), dh and dc (batch, units): scratch. Each position's
+    gate values in A are replaced by their gradients once read (the products need all of them at
+    the end): a forward loop's values serve one backward loop."""
     time, batch, g = A.shape
     u = g // 4
     dh[:] = dh_last
@@ -94,7 +100,7 @@ def backward(dh_last, ids, H, C, A, TC, recurrent_t, dZ, dh, dc, d_kernel, d_rec
     d_kernel[:] = 0
     for t in range(time - 1, -1, -1):
         for b in range(batch):
-            a, dz, c_prev, tc, dhb, dcb = A[t, b], dZ[t, b], C[t, b], TC[t, b], dh[b], dc[b]
+            a, c_prev, tc, dhb, dcb = A[t, b], C[t, b], TC[t, b], dh[b], dc[b]
             for k in range(u):
                 dcb[k] += dhb[k] * a[3 * u + k] * (F32(1) - tc[k] * tc[k])
             for k in range(u):
@@ -110,52 +116,58 @@ def backward(dh_last, ids, H, C, A, TC, recurrent_t, dZ, dh, dc, d_kernel, d_rec
             row = d_kernel[ids[b, t]]  # the one-hot input: its gradient is a row update
             for k in range(g):
                 row[k] += dz[k]
+                a[k] = dz[k]
         if t > 0:
-            np.dot(dZ[t], recurrent_t, dh)
-    flat = dZ.reshape(time * batch, g)
+            np.dot(A[t], recurrent_t, dh)
+    flat = A.reshape(time * batch, g)
     np.dot(H[:time].reshape(time * batch, u).T, flat, d_recurrent)
     d_bias[:] = flat.sum(axis=0)
 
 
 class Slot:
-    """One batch part's buffers: the forward loop's values, kept for its backward loop."""
+    """One batch part's buffers: the forward loop's values, kept for its backward loop (`keep`),
+    or, for inference, only the current position's."""
 
-    def __init__(self):
-        self.shape = None
+    def __init__(self, keep: bool):
+        self.keep, self.shape = keep, None
 
     def run_forward(self, ids, kernel, bias, recurrent):
         batch, time = ids.shape
         u = recurrent.shape[0]
         if self.shape != (batch, time, u):  # a new batch size (an epoch's last batch): new buffers
             self.shape = (batch, time, u)
-            self.H = np.zeros((time + 1, batch, u), F32)
-            self.C = np.zeros((time + 1, batch, u), F32)
-            self.A = np.empty((time, batch, 4 * u), F32)
-            self.TC = np.empty((time, batch, u), F32)
+            steps = time if self.keep else 1
+            self.H = np.zeros((steps + 1, batch, u), F32)
+            self.C = np.zeros((steps + 1, batch, u), F32)
+            self.A = np.empty((steps, batch, 4 * u), F32)
+            self.TC = np.empty((steps, batch, u), F32)
             self.Z = np.empty((batch, 4 * u), F32)
-            self.dZ = np.empty((time, batch, 4 * u), F32)
-            self.dh = np.empty((batch, u), F32)
-            self.dc = np.empty((batch, u), F32)
+        self.H[0] = self.C[0] = 0  # the zero state (inference reuses position 0)
         self.ids = np.ascontiguousarray(ids, dtype=np.int32)
         self.recurrent_t = np.ascontiguousarray(recurrent.T)
         forward(self.ids, kernel, bias, recurrent, self.H, self.C, self.A, self.TC, self.Z)
-        return self.H[time].copy()  # a copy: the buffer is rewritten by the next step
+        return self.H[time if self.keep else time % 2].copy()  # a copy: the next step rewrites the buffer
 
     def run_backward(self, dh_last, vocab: int):
-        u = self.shape[2]
+        batch, _, u = self.shape
         grads = np.empty((vocab, 4 * u), F32), np.empty((u, 4 * u), F32), np.empty(4 * u, F32)
         backward(np.ascontiguousarray(dh_last, dtype=F32), self.ids, self.H, self.C, self.A, self.TC,
-                 self.recurrent_t, self.dZ, self.dh, self.dc, *grads)
+                 self.recurrent_t, np.empty(4 * u, F32), np.empty((batch, u), F32), np.empty((batch, u), F32), *grads)
         return grads
 
 
-def lstm_last(ids, kernel, recurrent, bias):
+def lstm_last(ids, kernel, recurrent, bias, keep: bool = True):
     """keras.layers.LSTM(units)'s output after the last position of `ids` (batch, time) from the
     zero state, its input the one-hot of each id, as a TensorFlow op with its gradient: kernel
-    (vocab, 4 units), recurrent (units, 4 units), bias (4 units,), the layer's own variables."""
+    (vocab, 4 units), recurrent (units, 4 units), bias (4 units,), the layer's own variables.
+    `keep`: False for inference, which keeps no values for a gradient (and has none)."""
     import tensorflow as tf
 
-    slot = Slot()  # this part's, in this traced call
+    slot = Slot(keep)  # this part's, in this traced call
+    if not keep:
+        h = tf.numpy_function(slot.run_forward, [ids, kernel, bias, recurrent], tf.float32, stateful=False)
+        h.set_shape((None, recurrent.shape[0]))
+        return tf.stop_gradient(h)
     vocab, units = kernel.shape[0], recurrent.shape[0]
 
     @tf.custom_gradient
