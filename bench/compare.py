@@ -117,20 +117,25 @@ def child_train(side: str, batch: int, jit: bool, batches: int = 0, mark: int = 
         seconds, samples = time.perf_counter() - started, len(x)
     else:
         from pipeline import config, train, vectorize as v
-        from pipeline.machine import batch_parts, set_threads
+        from pipeline.machine import batch_parts, fused_lstm, limit_blas, set_threads
         from pipeline.model import MODELS, Parallel
 
         cfg = config.compose([f"train.batch_size={batch}"])
         t = cfg.train
         # As the train stage runs it; XLA compiles the step into one program for all the threads, which
         # batch parts (one thread per op) would starve: 983 samples/s at batch 512 with 2 parts, 1,580 with 1.
+        # XLA cannot compile the fused LSTM's loops (they run outside TensorFlow): with jit_compile it
+        # compiles Keras's LSTM.
         parts = 1 if jit else batch_parts(t.batch_parts, cfg.threads, batch)
         set_threads(cfg.threads, parts)
+        fused = not jit and fused_lstm(t.fused_lstm, cfg.model.name, t.targets)
+        if fused:
+            limit_blas(1 if parts > 1 else cfg.threads)
         train_text, _ = v.split(text, cfg.vectorize.val_fraction, MAXLEN, "corpus")
         vocab = v.build_vocab(text)
         ids = v.encode(train_text, vocab)
         model = MODELS[cfg.model.name](len(vocab), cfg.model.units)
-        model = Parallel(model, parts) if parts > 1 else model
+        model = Parallel(model, parts, fused) if parts > 1 or fused else model
         model.compile(optimizer=train.make_optimizer(t.optimizer, t.learning_rate, t.clipnorm),
                       loss="sparse_categorical_crossentropy", jit_compile=jit,
                       steps_per_execution=t.steps_per_execution)
