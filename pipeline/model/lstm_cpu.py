@@ -9,9 +9,11 @@ every product, scheduling, the gradient loop's stacks) take about half of a trai
 keeps each step's gate values, and the backward loop another that reuses them: a batch part of 64
 windows went from 57-62 ms (Keras's LSTM, fit()'s step) to about 32 ms for the two loops.
 
-The one-hot input is a row lookup of the kernel (exact: one-hot x @ W is a row of W). The
-products go to BLAS (numba's np.dot), the gates run in compiled loops with TensorFlow's own
-rational tanh (Eigen's), so values match `keras.layers.LSTM` on a CPU to about 1e-7.
+Each position's input projection is a row lookup in a (vocab, 4 units) table: the embedding's
+table times the LSTM's kernel, which for the book's one-hot (identity) table is the kernel itself
+(one-hot x @ W is a row of W, exactly). The products go to BLAS (numba's np.dot), the gates run in
+compiled loops with TensorFlow's own rational tanh (Eigen's), so outputs and gradients match
+`keras.layers.LSTM` on a CPU to float rounding (the tests hold them to 1e-5).
 
 The forward loop's values for the backward loop stay in per-slot buffers here, not in
 TensorFlow tensors: only the last output (batch, units) goes back to TensorFlow. A training step
@@ -158,9 +160,10 @@ class Slot:
 
 def lstm_last(ids, kernel, recurrent, bias, keep: bool = True):
     """keras.layers.LSTM(units)'s output after the last position of `ids` (batch, time) from the
-    zero state, its input the one-hot of each id, as a TensorFlow op with its gradient: kernel
-    (vocab, 4 units), recurrent (units, 4 units), bias (4 units,), the layer's own variables.
-    `keep`: False for inference, which keeps no values for a gradient (and has none)."""
+    zero state, as a TensorFlow op with its gradient: kernel (vocab, 4 units), each id's input
+    projection (the layer's kernel for one-hot input), recurrent (units, 4 units) and bias (4
+    units,), the layer's variables or tensors computed from them. `keep`: False for inference,
+    which keeps no values for a gradient (and has none)."""
     import tensorflow as tf
 
     slot = Slot(keep)  # this part's, in this traced call
