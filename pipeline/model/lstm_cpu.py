@@ -131,20 +131,28 @@ class Slot:
     or, for inference, only the current position's."""
 
     def __init__(self, keep: bool):
-        self.keep, self.shape = keep, None
+        self.keep, self.shape, self.room = keep, None, {}
+
+    def _buffer(self, name: str, shape: tuple) -> np.ndarray:
+        """A contiguous (shape) view of this slot's buffer `name`, grown, never shrunk: an epoch's
+        smaller last batch reuses the memory instead of freeing and reallocating it twice an
+        epoch, which fragmented the heap (RSS grew over the epochs)."""
+        size = int(np.prod(shape))
+        if self.room.get(name, np.empty(0, F32)).size < size:
+            self.room[name] = np.empty(size, F32)
+        return self.room[name][:size].reshape(shape)
 
     def run_forward(self, ids, kernel, bias, recurrent):
         batch, time = ids.shape
         u = recurrent.shape[0]
-        if self.shape != (batch, time, u):  # a new batch size (an epoch's last batch): new buffers
-            self.shape = (batch, time, u)
-            steps = time if self.keep else 1
-            self.H = np.zeros((steps + 1, batch, u), F32)
-            self.C = np.zeros((steps + 1, batch, u), F32)
-            self.A = np.empty((steps, batch, 4 * u), F32)
-            self.TC = np.empty((steps, batch, u), F32)
-            self.Z = np.empty((batch, 4 * u), F32)
-        self.H[0] = self.C[0] = 0  # the zero state (inference reuses position 0)
+        steps = time if self.keep else 1
+        self.shape = (batch, time, u)
+        self.H = self._buffer("H", (steps + 1, batch, u))
+        self.C = self._buffer("C", (steps + 1, batch, u))
+        self.A = self._buffer("A", (steps, batch, 4 * u))
+        self.TC = self._buffer("TC", (steps, batch, u))
+        self.Z = self._buffer("Z", (batch, 4 * u))
+        self.H[0] = self.C[0] = 0  # the zero state (H[0] and C[0] are never written by the loop in training)
         self.ids = np.ascontiguousarray(ids, dtype=np.int32)
         self.recurrent_t = np.ascontiguousarray(recurrent.T)
         forward(self.ids, kernel, bias, recurrent, self.H, self.C, self.A, self.TC, self.Z)
@@ -153,8 +161,8 @@ class Slot:
     def run_backward(self, dh_last, vocab: int):
         batch, _, u = self.shape
         grads = np.empty((vocab, 4 * u), F32), np.empty((u, 4 * u), F32), np.empty(4 * u, F32)
-        backward(np.ascontiguousarray(dh_last, dtype=F32), self.ids, self.H, self.C, self.A, self.TC,
-                 self.recurrent_t, np.empty(4 * u, F32), np.empty((batch, u), F32), np.empty((batch, u), F32), *grads)
+        backward(np.ascontiguousarray(dh_last, dtype=F32), self.ids, self.H, self.C, self.A, self.TC, self.recurrent_t,
+                 self._buffer("dz", (4 * u,)), self._buffer("dh", (batch, u)), self._buffer("dc", (batch, u)), *grads)
         return grads
 
 
