@@ -31,6 +31,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 MODES = ("window", "stateful")
+# Up to this many streams an LSTM step is one compiled call (`lstm_cpu.step`, which reads the
+# recurrent kernel once for every four streams); above it (the window mode's maxlen windows per
+# stream) numpy, whose BLAS product is then the faster one.
+FEW_STREAMS = 8
 
 
 def _uniform(rng, n: int) -> np.ndarray:
@@ -169,7 +173,14 @@ class _LstmLayer:
         # slice per row, which halves the cost of a step for 4 streams.
         self.recurrent = np.ascontiguousarray((recurrent[:, order] * scale).T, dtype=np.float32)
         if table is not None:  # the first layer: an embedding row lookup replaces x @ W, bias folded in
-            self.input_proj = np.ascontiguousarray((((table @ kernel) + bias)[:, order] * scale).T, dtype=np.float32)
+            rows = ((table @ kernel) + bias).astype(np.float32)
+            self.input_proj = np.ascontiguousarray((rows[:, order] * scale).T)
+            # A few streams (the stateful mode, one per temperature) take the compiled step instead,
+            # with Keras's gate order and the weights untransformed.
+            from pipeline.model.lstm_cpu import step
+
+            self.rows, self.recurrent_t = rows, np.ascontiguousarray(recurrent.T, dtype=np.float32)
+            self.compiled_step = step
         else:
             self.kernel = np.ascontiguousarray((kernel[:, order] * scale).T, dtype=np.float32)
             self.bias = np.ascontiguousarray((bias[order] * scale)[:, None], dtype=np.float32)
@@ -180,6 +191,9 @@ class _LstmLayer:
     def step(self, x: np.ndarray, state):
         """`x`: ids (batch,) for the first layer, else the layer below's output (features, batch)."""
         h, c = state
+        if x.ndim == 1 and len(x) <= FEW_STREAMS:
+            h, c = self.compiled_step(x, self.rows, self.recurrent_t, h, c)
+            return h, (h, c)
         u = self.units
         z = self.recurrent @ h
         if x.ndim == 1:

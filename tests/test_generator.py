@@ -127,6 +127,35 @@ def test_stateful_mode_matches_the_model_while_shorter_than_maxlen(model):
         h, state = gen.step(text[k:k + 1], state)
 
 
+@pytest.mark.parametrize("vocab, units", [(11, 8), (57, 128)])
+def test_compiled_step_for_a_few_streams_gives_the_models_probabilities(vocab, units, monkeypatch):
+    """Up to FEW_STREAMS streams, an LSTM step is `lstm_cpu.step` (streams in fours, then one by
+    one): after every position its probabilities are model(the text so far), and its state is
+    the numpy step's, for batches that are all fours, all singles and both."""
+    import keras
+
+    import pipeline.generator as generator
+    from pipeline.model import MODELS
+
+    keras.utils.set_random_seed(11)
+    model = MODELS["lstm"](vocab, units)
+    model.set_weights([w * 3 for w in model.get_weights()])  # saturating gates too, not only the linear range
+    gen = Generator(model, maxlen=40)
+    rng = np.random.default_rng(units)
+    for n in (1, 3, 4, 5, 8):
+        text = rng.integers(0, vocab, size=(n, 9))
+        state = gen.zero_state(n)
+        for t in range(text.shape[1]):
+            h, state = gen.step(text[:, t], state)
+            expected = np.asarray(model(text[:, :t + 1].astype("int32")))
+            np.testing.assert_allclose(gen.probs(h), expected, atol=2e-6, err_msg=f"{n} streams, position {t}")
+        monkeypatch.setattr(generator, "FEW_STREAMS", 0)  # the numpy step on the same text
+        h_numpy, state_numpy = gen.run(text)
+        monkeypatch.undo()
+        np.testing.assert_allclose(h, h_numpy, atol=1e-6)
+        np.testing.assert_allclose(state[0][1], state_numpy[0][1], atol=1e-5)
+
+
 def test_sampled_streams_are_reproducible_from_the_seed(model):
     gen = Generator(model, 10)
     a = gen.generate([1, 2, 3], [0.2, 0.5, 1.0, 1.2], 50, np.random.default_rng(42))
