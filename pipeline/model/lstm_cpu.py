@@ -20,7 +20,10 @@ The forward loop's values for the backward loop stay in per-slot buffers here, n
 TensorFlow tensors: only the last output (batch, units) goes back to TensorFlow. A training step
 runs each slot's forward, then its backward (the gradient needs the forward's output), and the
 next step's forward reads the weights the optimizer wrote after that backward; a slot is one
-batch part of one traced call, so concurrent parts never share buffers."""
+batch part of one traced call, so concurrent parts never share buffers.
+
+`step` is the same cell for generation: one character of a few streams (one per temperature),
+which `pipeline.generator` calls instead of numpy's few small products and gate ops."""
 from __future__ import annotations
 
 import numpy as np
