@@ -176,11 +176,10 @@ class _LstmLayer:
             rows = ((table @ kernel) + bias).astype(np.float32)
             self.input_proj = np.ascontiguousarray((rows[:, order] * scale).T)
             # A few streams (the stateful mode, one per temperature) take the compiled step instead,
-            # with Keras's gate order and the weights untransformed.
-            from pipeline.model.lstm_cpu import step
-
+            # with Keras's gate order and the weights untransformed. numba is imported on the first
+            # such step: the window mode's batches never load it.
             self.rows, self.recurrent_t = rows, np.ascontiguousarray(recurrent.T, dtype=np.float32)
-            self.compiled_step = step
+            self.compiled_step = None
         else:
             self.kernel = np.ascontiguousarray((kernel[:, order] * scale).T, dtype=np.float32)
             self.bias = np.ascontiguousarray((bias[order] * scale)[:, None], dtype=np.float32)
@@ -192,7 +191,12 @@ class _LstmLayer:
         """`x`: ids (batch,) for the first layer, else the layer below's output (features, batch)."""
         h, c = state
         if x.ndim == 1 and len(x) <= FEW_STREAMS:
-            h, c = self.compiled_step(x, self.rows, self.recurrent_t, h, c)
+            if self.compiled_step is None:
+                from pipeline.lstm_cpu import step
+
+                self.compiled_step = step
+            # Contiguous int64 ids, C-order states: one compiled signature (a column of a prompt is strided).
+            h, c = self.compiled_step(np.ascontiguousarray(x, dtype=np.int64), self.rows, self.recurrent_t, h, c)
             return h, (h, c)
         u = self.units
         z = self.recurrent @ h

@@ -114,6 +114,9 @@ def run(cfg) -> dict:
     fused = fused_lstm(t.fused_lstm, cfg.model.name, t.targets)
     if fused:
         limit_blas(1 if parts > 1 else cfg.threads)
+        from pipeline import lstm_cpu
+
+        lstm_cpu.load_compiled()  # compiled apart: compiling here would keep 80 MB more (see there)
     if t.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg.seed)

@@ -231,7 +231,7 @@ def test_a_training_step_on_batch_parts_is_the_step_on_the_whole_batch(name):
 
 @pytest.mark.parametrize("vocab,units", [(11, 8), (57, 128)])
 def test_the_fused_lstm_gives_keras_lstm_outputs_and_gradients(vocab, units):
-    """pipeline.model.lstm_cpu through Parallel(fused=True): the book's model's outputs and the
+    """pipeline.lstm_cpu through Parallel(fused=True): the book's model's outputs and the
     gradients of its loss for every weight, against Keras's LSTM, for batches smaller than, equal
     to and larger than the parts (the book's size too: the loops' vectorised paths)."""
     import keras
@@ -308,6 +308,24 @@ def test_fused_lstm_auto_is_the_book_model_without_a_gpu():
     assert fused_lstm("auto", "lstm", "last")  # the test machines have no GPU, and numba is a dependency
     assert not fused_lstm("auto", "gru", "last") and not fused_lstm("auto", "lstm", "all")
     assert fused_lstm(True, "lstm", "last") and not fused_lstm(False, "lstm", "last")
+
+
+def test_the_train_stage_loads_the_loops_a_child_process_compiled(tmp_path):
+    """lstm_cpu.load_compiled: a child process compiles the loops into numba's cache (here an empty
+    one), and the calling process loads every one of them from it, compiling nothing itself (the
+    memory compiling keeps: see load_compiled). It imports no Keras."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys; from pipeline import lstm_cpu as l; l.load_compiled(); loops = (l.forward, l.backward, l.step); "
+              "print(sum(len(f.stats.cache_hits) for f in loops), sum(len(f.stats.cache_misses) for f in loops), "
+              "'keras' in sys.modules)")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["3", "0", "False"]  # 3 loops, each loaded from the cache: none compiled here
+    cached = {p.name.split("-")[0] for p in tmp_path.rglob("*.nbi")}
+    assert cached == {"lstm_cpu.forward", "lstm_cpu.backward", "lstm_cpu.step"}
 
 
 def test_batch_parts_follow_the_cores_and_never_exceed_the_batch(monkeypatch):
