@@ -13,7 +13,9 @@ temperature), in one of two modes:
   on the whole history instead of the last maxlen characters.
 
 Calling `model.predict` once per character, as the book does, spends nearly all its time in
-per-call overhead; the numpy cells give the same probabilities (to float32 rounding). Models
+per-call overhead; the numpy cells give the same probabilities (to float32 rounding). For up to
+FEW_STREAMS streams the first LSTM layer's step is one compiled call instead
+(`pipeline.lstm_cpu.step`, the same cell). Models
 without a recurrent state (conv1d) get `WindowGenerator`: one compiled forward pass per
 character, window mode only. `for_model` picks the right one.
 
