@@ -175,12 +175,13 @@ class _LstmLayer:
         # slice per row, which halves the cost of a step for 4 streams.
         self.recurrent = np.ascontiguousarray((recurrent[:, order] * scale).T, dtype=np.float32)
         if table is not None:  # the first layer: an embedding row lookup replaces x @ W, bias folded in
-            rows = ((table @ kernel) + bias).astype(np.float32)
-            self.input_proj = np.ascontiguousarray((rows[:, order] * scale).T)
+            self.input_proj = np.ascontiguousarray((((table @ kernel) + bias)[:, order] * scale).T, dtype=np.float32)
             # A few streams (the stateful mode, one per temperature) take the compiled step instead,
             # with Keras's gate order and the weights untransformed. numba is imported on the first
             # such step: the window mode's batches never load it.
-            self.rows, self.recurrent_t = rows, np.ascontiguousarray(recurrent.T, dtype=np.float32)
+            self.rows = np.ascontiguousarray(table @ kernel, dtype=np.float32)
+            self.row_bias = np.ascontiguousarray(bias, dtype=np.float32)
+            self.recurrent_t = np.ascontiguousarray(recurrent.T, dtype=np.float32)
             self.compiled_step = None
         else:
             self.kernel = np.ascontiguousarray((kernel[:, order] * scale).T, dtype=np.float32)
@@ -198,7 +199,8 @@ class _LstmLayer:
 
                 self.compiled_step = step
             # Contiguous int64 ids, C-order states: one compiled signature (a column of a prompt is strided).
-            h, c = self.compiled_step(np.ascontiguousarray(x, dtype=np.int64), self.rows, self.recurrent_t, h, c)
+            ids = np.ascontiguousarray(x, dtype=np.int64)
+            h, c = self.compiled_step(ids, self.rows, self.row_bias, self.recurrent_t, h, c)
             return h, (h, c)
         u = self.units
         z = self.recurrent @ h

@@ -61,6 +61,28 @@ def _sigmoid(x):
     return F32(0.5) * _tanh(F32(0.5) * x) + F32(0.5)
 
 
+@njit(inline="always", error_model="numpy", fastmath={"contract", "arcp", "afn"})
+def _cell(z, x, bias, a, c_prev, c, h, tc):
+    """One row's LSTM update (training's forward loop and generation's step): from the recurrent
+    product z and the input projection x plus bias, the gates a (i, f, c, o after their
+    activations), the cell c, tc = tanh(c) and the output h. a may be z, and c may be c_prev: each
+    element is read before it is written."""
+    u = c.shape[0]
+    # Simple loops over one gate each: each one vectorises.
+    for k in range(2 * u):
+        a[k] = _sigmoid(z[k] + x[k] + bias[k])
+    for k in range(2 * u, 3 * u):
+        a[k] = _tanh(z[k] + x[k] + bias[k])
+    for k in range(3 * u, 4 * u):
+        a[k] = _sigmoid(z[k] + x[k] + bias[k])
+    for k in range(u):
+        c[k] = a[u + k] * c_prev[k] + a[k] * a[2 * u + k]
+    for k in range(u):
+        tc[k] = _tanh(c[k])
+    for k in range(u):
+        h[k] = a[3 * u + k] * tc[k]
+
+
 @njit(**FAST)
 def forward(ids, kernel, bias, recurrent, H, C, A, TC, Z):
     """From the zero state over ids (batch, time): H[t + 1], C[t + 1] (time + 1, batch, units) the
@@ -75,21 +97,7 @@ def forward(ids, kernel, bias, recurrent, H, C, A, TC, Z):
         now, nxt, at = (t, t + 1, t) if keep else (t % 2, (t + 1) % 2, 0)
         np.dot(H[now], recurrent, Z)
         for b in range(batch):
-            x, z, a = kernel[ids[b, t]], Z[b], A[at, b]
-            # Simple loops over one gate each: each one vectorises.
-            for k in range(2 * u):
-                a[k] = _sigmoid(z[k] + x[k] + bias[k])
-            for k in range(2 * u, 3 * u):
-                a[k] = _tanh(z[k] + x[k] + bias[k])
-            for k in range(3 * u, 4 * u):
-                a[k] = _sigmoid(z[k] + x[k] + bias[k])
-            c_prev, c, h, tc = C[now, b], C[nxt, b], H[nxt, b], TC[at, b]
-            for k in range(u):
-                c[k] = a[u + k] * c_prev[k] + a[k] * a[2 * u + k]
-            for k in range(u):
-                tc[k] = _tanh(c[k])
-            for k in range(u):
-                h[k] = a[3 * u + k] * tc[k]
+            _cell(Z[b], kernel[ids[b, t]], bias, A[at, b], C[now, b], C[nxt, b], H[nxt, b], TC[at, b])
 
 
 @njit(**FAST)
@@ -136,11 +144,11 @@ FEW = {"nogil": True, "error_model": "numpy", "cache": True, "fastmath": {"contr
 
 
 @njit(**FEW)
-def step(ids, rows, recurrent_t, h, c):
+def step(ids, rows, bias, recurrent_t, h, c):
     """One position of the LSTM for a few streams at once (generation, one character each): ids
-    (batch,), rows (vocab, 4 units) each id's input projection with the bias added, recurrent_t
-    (4 units, units) the recurrent kernel transposed, h and c (units, batch) the state. Returns
-    the new h and c, (units, batch).
+    (batch,), rows (vocab, 4 units) each id's input projection and bias (4 units,) as in
+    `forward`, recurrent_t (4 units, units) the recurrent kernel transposed, h and c (units,
+    batch) the state. Returns the new h and c, (units, batch).
 
     For a few columns BLAS reads the whole recurrent kernel once per column (4 columns took about
     4x one); here each of its rows is read once for every four streams and kept in cache for
@@ -173,18 +181,9 @@ def step(ids, rows, recurrent_t, h, c):
             for k in range(u):
                 s0 += r[k] * ht[b, k]
             z[b, j] = s0
-    for b in range(batch):
-        a, x, cb, hb = z[b], rows[ids[b]], ct[b], ht[b]
-        for k in range(2 * u):
-            a[k] = _sigmoid(a[k] + x[k])
-        for k in range(2 * u, 3 * u):
-            a[k] = _tanh(a[k] + x[k])
-        for k in range(3 * u, 4 * u):
-            a[k] = _sigmoid(a[k] + x[k])
-        for k in range(u):
-            cb[k] = a[u + k] * cb[k] + a[k] * a[2 * u + k]
-        for k in range(u):
-            hb[k] = a[3 * u + k] * _tanh(cb[k])
+    tc = np.empty(u, F32)
+    for b in range(batch):  # in place: the gates over z, the new cell over the old, h over the old h
+        _cell(z[b], rows[ids[b]], bias, z[b], ct[b], ct[b], ht[b], tc)
     return np.ascontiguousarray(ht.T), np.ascontiguousarray(ct.T)
 
 
@@ -238,7 +237,8 @@ def compile_loops() -> None:
     training.run_forward(ids, *weights)
     training.run_backward(np.zeros((1, u), F32), vocab)
     Slot(keep=False).run_forward(ids, *weights)
-    step(np.zeros(1, np.int64), weights[0], np.zeros((4 * u, u), F32), np.zeros((u, 1), F32), np.zeros((u, 1), F32))
+    state = np.zeros((u, 1), F32), np.zeros((u, 1), F32)
+    step(np.zeros(1, np.int64), weights[0], weights[1], np.zeros((4 * u, u), F32), *state)
 
 
 def load_compiled() -> None:
