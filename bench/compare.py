@@ -116,8 +116,8 @@ def child_train(side: str, batch: int, jit: bool, batches: int = 0, mark: int = 
         history = model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=[phases])
         seconds, samples = time.perf_counter() - started, len(x)
     else:
-        from pipeline import config, lstm_cpu, train, vectorize as v
-        from pipeline.machine import batch_parts, fused_lstm, limit_blas, set_threads
+        from pipeline import config, train, vectorize as v
+        from pipeline.machine import batch_parts, prepare_fused_lstm, set_threads
         from pipeline.model import MODELS, Parallel
 
         cfg = config.compose([f"train.batch_size={batch}"])
@@ -128,10 +128,7 @@ def child_train(side: str, batch: int, jit: bool, batches: int = 0, mark: int = 
         # compiles Keras's LSTM.
         parts = 1 if jit else batch_parts(t.batch_parts, cfg.threads, batch)
         set_threads(cfg.threads, parts)
-        fused = not jit and fused_lstm(t.fused_lstm, cfg.model.name, t.targets)
-        if fused:
-            limit_blas(1 if parts > 1 else cfg.threads)
-            lstm_cpu.load_compiled()  # as the stage does: compiling inside fit() would be timed
+        fused = not jit and prepare_fused_lstm(t.fused_lstm, cfg.model.name, t.targets, parts, cfg.threads)
         train_text, _ = v.split(text, cfg.vectorize.val_fraction, MAXLEN, "corpus")
         vocab = v.build_vocab(text)
         ids = v.encode(train_text, vocab)

@@ -66,6 +66,20 @@ def limit_blas(threads: int | None) -> None:
     threadpool_limits(threads, user_api="blas")
 
 
+def prepare_fused_lstm(setting, model: str, targets: str, parts: int, threads: int | None) -> bool:
+    """`fused_lstm(setting, model, targets)`, and if yes, what the fused loops need before training:
+    one BLAS thread per product when there are batch parts (`threads` otherwise), and the loops
+    compiled apart and loaded (`pipeline.lstm_cpu.load_compiled`: compiling them in this process
+    would keep about 80 MB)."""
+    fused = fused_lstm(setting, model, targets)
+    if fused:
+        limit_blas(1 if parts > 1 else threads)
+        from pipeline import lstm_cpu  # numba: only for the fused loops
+
+        lstm_cpu.load_compiled()
+    return fused
+
+
 def set_threads(threads: int | None, parts: int) -> None:
     """TensorFlow's threads for `parts` batch parts (`pipeline.model.Parallel`): one thread per op
     and one op per part at once, so that each part's loop has a core; unsplit, `threads` for both

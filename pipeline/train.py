@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from pipeline import artifacts, callbacks, config, tracking
 from pipeline.callbacks import TrainError
-from pipeline.machine import batch_parts, fused_lstm, limit_blas, peak_rss_mib, release_free_memory, set_threads
+from pipeline.machine import batch_parts, peak_rss_mib, prepare_fused_lstm, release_free_memory, set_threads
 from pipeline.vectorize import make_dataset
 
 DATA_FILES = ("train.npy", "val.npy", "vocab.json")
@@ -111,12 +111,7 @@ def run(cfg) -> dict:
 
     parts = batch_parts(t.batch_parts, cfg.threads, t.batch_size)
     set_threads(cfg.threads, parts)
-    fused = fused_lstm(t.fused_lstm, cfg.model.name, t.targets)
-    if fused:
-        limit_blas(1 if parts > 1 else cfg.threads)
-        from pipeline import lstm_cpu
-
-        lstm_cpu.load_compiled()  # compiled apart: compiling here would keep 80 MB more (see there)
+    fused = prepare_fused_lstm(t.fused_lstm, cfg.model.name, t.targets, parts, cfg.threads)
     if t.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg.seed)
