@@ -15,7 +15,7 @@ temperature), in one of two modes:
 Calling `model.predict` once per character, as the book does, spends nearly all its time in
 per-call overhead; the numpy cells give the same probabilities (to float32 rounding). For up to
 FEW_STREAMS streams the first LSTM layer's step is one compiled call instead
-(`pipeline.lstm_cpu.step`, the same cell). Models
+(`pipeline.lstm_loops.step`, the same cell). Models
 without a recurrent state (conv1d) get `WindowGenerator`: one compiled forward pass per
 character, window mode only. `for_model` picks the right one.
 
@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 MODES = ("window", "stateful")
-# Up to this many streams an LSTM step is one compiled call (`lstm_cpu.step`, which reads the
+# Up to this many streams an LSTM step is one compiled call (`lstm_loops.step`, which reads the
 # recurrent kernel once for every four streams); above it (the window mode's maxlen windows per
 # stream) numpy, whose BLAS product is then the faster one.
 FEW_STREAMS = 8
@@ -177,8 +177,8 @@ class _LstmLayer:
         if table is not None:  # the first layer: an embedding row lookup replaces x @ W, bias folded in
             self.input_proj = np.ascontiguousarray((((table @ kernel) + bias)[:, order] * scale).T, dtype=np.float32)
             # A few streams (the stateful mode, one per temperature) take the compiled step instead,
-            # with Keras's gate order and the weights untransformed. numba is imported on the first
-            # such step: the window mode's batches never load it.
+            # with Keras's gate order and the weights untransformed. The compiled loops are loaded on
+            # the first such step: the window mode's batches never load them.
             self.rows = np.ascontiguousarray(table @ kernel, dtype=np.float32)
             self.row_bias = np.ascontiguousarray(bias, dtype=np.float32)
             self.recurrent_t = np.ascontiguousarray(recurrent.T, dtype=np.float32)
@@ -195,9 +195,9 @@ class _LstmLayer:
         h, c = state
         if x.ndim == 1 and len(x) <= FEW_STREAMS:
             if self.compiled_step is None:
-                from pipeline.lstm_cpu import step
+                from pipeline import lstm_cpu
 
-                self.compiled_step = step
+                self.compiled_step = lstm_cpu.load_compiled()["step"]
             # Contiguous int64 ids, C-order states: one compiled signature (a column of a prompt is strided).
             ids = np.ascontiguousarray(x, dtype=np.int64)
             h, c = self.compiled_step(ids, self.rows, self.row_bias, self.recurrent_t, h, c)

@@ -1,6 +1,6 @@
-"""The book's LSTM layer trained on a CPU through two compiled loops (numba) instead of
-TensorFlow's per-step ops: the same equations as `keras.layers.LSTM` (gates i, f, c, o; sigmoid
-and tanh), its own weights, and its gradients to float rounding.
+"""The book's LSTM layer trained on a CPU through two compiled loops (numba, `pipeline.lstm_loops`)
+instead of TensorFlow's per-step ops: the same equations as `keras.layers.LSTM` (gates i, f, c,
+o; sigmoid and tanh), its own weights, and its gradients to float rounding.
 
 Why: on a CPU, TensorFlow runs each of the 60 steps of a window as dozens of small ops (a
 (64, 128) x (128, 512) product, then the gates), and its per-op costs (repacking the weights for
@@ -23,168 +23,164 @@ next step's forward reads the weights the optimizer wrote after that backward; a
 batch part of one traced call, so concurrent parts never share buffers.
 
 `step` is the same cell for generation: one character of a few streams (one per temperature),
-which `pipeline.generator` calls instead of numpy's few small products and gate ops."""
+which `pipeline.generator` calls instead of numpy's few small products and gate ops.
+
+The loops are compiled once per machine, ahead of time, into a small extension module that this
+process loads without numba (`load_compiled`: numba and LLVM would hold about 100 MB of it);
+numba's JIT is the fallback where that cannot be built."""
 from __future__ import annotations
 
+import os
+import sys
+import sysconfig
+import threading
+from pathlib import Path
+
 import numpy as np
-from numba import njit
 
 F32 = np.float32
-CLAMP = F32(7.90531110763549805)  # Eigen's: tanh is exactly +-1 in float32 beyond it
 
-# numba's "numpy" error model: a division is not checked for zero, which is what lets the gate
-# loops vectorise (Python's model adds a branch per element: 4x slower here).
-FAST = {"nogil": True, "error_model": "numpy", "cache": True, "fastmath": {"contract", "arcp", "afn"}}
-
-
-@njit(inline="always", error_model="numpy", fastmath={"contract", "arcp", "afn"})
-def _tanh(x):
-    """Eigen's float tanh (TensorFlow's on a CPU): a 13/6 rational function on [-7.9, 7.9]. NaN
-    passes through (both comparisons are false for it), so a diverging run still shows NaN."""
-    x = CLAMP if x > CLAMP else x
-    x = -CLAMP if x < -CLAMP else x
-    x2 = x * x
-    p = x2 * F32(-2.76076847742355e-16) + F32(2.00018790482477e-13)
-    p = x2 * p + F32(-8.60467152213735e-11)
-    p = x2 * p + F32(5.12229709037114e-08)
-    p = x2 * p + F32(1.48572235717979e-05)
-    p = x2 * p + F32(6.37261928875436e-04)
-    p = x2 * p + F32(4.89352455891786e-03)
-    q = x2 * F32(1.19825839466702e-06) + F32(1.18534705686654e-04)
-    q = x2 * q + F32(2.26843463243900e-03)
-    q = x2 * q + F32(4.89352518554385e-03)
-    return x * p / q
+# Each loop's one signature (pipeline.lstm_loops): the dtype and dimensions of each argument, all
+# C-contiguous, and the result. Compiled ahead of time, a loop reads its arguments as these types
+# whatever they are (a wrong one crashes the process), so every call is checked against them first.
+SIGNATURES = {
+    "forward": ((np.int32, 2), (F32, 2), (F32, 1), (F32, 2), (F32, 3), (F32, 3), (F32, 3), (F32, 3), (F32, 2)),
+    "backward": ((F32, 2), (np.int32, 2), (F32, 3), (F32, 3), (F32, 3), (F32, 3), (F32, 2), (F32, 1),
+                 (F32, 2), (F32, 2), (F32, 2), (F32, 2), (F32, 1)),
+    "step": ((np.int64, 1), (F32, 2), (F32, 1), (F32, 2), (F32, 2), (F32, 2)),
+}
+RESULTS = {"forward": "void", "backward": "void", "step": "UniTuple(f4[:, ::1], 2)"}
+MODULE = "_lstm_cpu_loops"  # the extension module's name
 
 
-@njit(inline="always", error_model="numpy", fastmath={"contract", "arcp", "afn"})
-def _sigmoid(x):
-    return F32(0.5) * _tanh(F32(0.5) * x) + F32(0.5)
+def numba_signatures() -> dict[str, str]:
+    """SIGNATURES in numba's notation: "void(i4[:, ::1], f4[:, ::1], ...)"."""
+    codes = {np.int32: "i4", np.int64: "i8", F32: "f4"}
+
+    def array(dtype, ndim: int) -> str:
+        return codes[dtype] + "[" + ", ".join([":"] * (ndim - 1) + ["::1"]) + "]"
+
+    return {name: f"{RESULTS[name]}({', '.join(array(*a) for a in args)})" for name, args in SIGNATURES.items()}
 
 
-@njit(inline="always", error_model="numpy", fastmath={"contract", "arcp", "afn"})
-def _cell(z, x, bias, a, c_prev, c, h, tc):
-    """One row's LSTM update (training's forward loop and generation's step): from the recurrent
-    product z and the input projection x plus bias, the gates a (i, f, c, o after their
-    activations), the cell c, tc = tanh(c) and the output h. a may be z, and c may be c_prev: each
-    element is read before it is written."""
-    u = c.shape[0]
-    # Simple loops over one gate each: each one vectorises.
-    for k in range(2 * u):
-        a[k] = _sigmoid(z[k] + x[k] + bias[k])
-    for k in range(2 * u, 3 * u):
-        a[k] = _tanh(z[k] + x[k] + bias[k])
-    for k in range(3 * u, 4 * u):
-        a[k] = _sigmoid(z[k] + x[k] + bias[k])
-    for k in range(u):
-        c[k] = a[u + k] * c_prev[k] + a[k] * a[2 * u + k]
-    for k in range(u):
-        tc[k] = _tanh(c[k])
-    for k in range(u):
-        h[k] = a[3 * u + k] * tc[k]
+def _checked(loop, name: str):
+    """`loop` behind a check of its arguments against SIGNATURES[name], which names the first wrong one."""
+    expected = [(np.dtype(t), n) for t, n in SIGNATURES[name]]
+
+    def call(*args):
+        if len(args) != len(expected):
+            raise TypeError(f"lstm_cpu.{name} takes {len(expected)} arrays, not {len(args)}")
+        for k, (arg, (dtype, ndim)) in enumerate(zip(args, expected)):
+            if not (isinstance(arg, np.ndarray) and arg.dtype == dtype and arg.ndim == ndim and arg.flags.c_contiguous):
+                got = (f"a{'' if arg.flags.c_contiguous else ' non-contiguous'} {arg.dtype} array of {arg.ndim}"
+                       if isinstance(arg, np.ndarray) else type(arg).__name__)
+                raise TypeError(f"lstm_cpu.{name}: argument {k} must be a C-contiguous {dtype} array of {ndim} "
+                                f"dimension(s), not {got}")
+        return loop(*args)
+
+    return call
 
 
-@njit(**FAST)
-def forward(ids, kernel, bias, recurrent, H, C, A, TC, Z):
-    """From the zero state over ids (batch, time): H[t + 1], C[t + 1] (time + 1, batch, units) the
-    output and cell after position t, A (time, batch, 4 units) the gates i, f, c, o after their
-    activations, TC = tanh(C[1:]). H[0] and C[0] must be zero. Z: (batch, 4 units) scratch.
-    Arrays with 2 positions for H and C and 1 for A and TC keep nothing for a backward loop
-    (inference): positions then alternate between them."""
-    batch, time = ids.shape
-    u = recurrent.shape[0]
-    keep = A.shape[0] == time
-    for t in range(time):
-        now, nxt, at = (t, t + 1, t) if keep else (t % 2, (t + 1) % 2, 0)
-        np.dot(H[now], recurrent, Z)
-        for b in range(batch):
-            _cell(Z[b], kernel[ids[b, t]], bias, A[at, b], C[now, b], C[nxt, b], H[nxt, b], TC[at, b])
+def _machine_key() -> str:
+    """What the extension's code depends on: the loops' source, numba, Python, and this CPU (it is
+    compiled for this CPU's instructions, so a cache folder shared with another CPU must not load it)."""
+    import hashlib
+    import platform
+    from importlib.metadata import version
+
+    cpu = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            cpu = "".join(sorted({line for line in f if line.startswith(("model name", "flags"))}))
+    parts = (Path(__file__).with_name("lstm_loops.py").read_bytes(), version("numba").encode(), sys.version.encode(),
+             platform.machine().encode(), cpu.encode(), repr(numba_signatures()).encode())
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
 
 
-@njit(**FAST)
-def backward(dh_last, ids, H, C, A, TC, recurrent_t, dz, dh, dc, d_kernel, d_recurrent, d_bias):
-    """The gradients of the kernel, recurrent kernel and bias given d loss / d h after the last
-    position, from the forward loop's H, C, A, TC. recurrent_t: the recurrent kernel transposed
-    (4 units, units), contiguous. dz (4 units,), dh and dc (batch, units): scratch. Each position's
-    gate values in A are replaced by their gradients once read (the products need all of them at
-    the end): a forward loop's values serve one backward loop."""
-    time, batch, g = A.shape
-    u = g // 4
-    dh[:] = dh_last
-    dc[:] = 0
-    d_kernel[:] = 0
-    for t in range(time - 1, -1, -1):
-        for b in range(batch):
-            a, c_prev, tc, dhb, dcb = A[t, b], C[t, b], TC[t, b], dh[b], dc[b]
-            for k in range(u):
-                dcb[k] += dhb[k] * a[3 * u + k] * (F32(1) - tc[k] * tc[k])
-            for k in range(u):
-                dz[k] = dcb[k] * a[2 * u + k] * a[k] * (F32(1) - a[k])
-            for k in range(u):
-                dz[u + k] = dcb[k] * c_prev[k] * a[u + k] * (F32(1) - a[u + k])
-            for k in range(u):
-                dz[2 * u + k] = dcb[k] * a[k] * (F32(1) - a[2 * u + k] * a[2 * u + k])
-            for k in range(u):
-                dz[3 * u + k] = dhb[k] * tc[k] * a[3 * u + k] * (F32(1) - a[3 * u + k])
-            for k in range(u):
-                dcb[k] *= a[u + k]
-            row = d_kernel[ids[b, t]]  # the one-hot input: its gradient is a row update
-            for k in range(g):
-                row[k] += dz[k]
-                a[k] = dz[k]
-        if t > 0:
-            np.dot(A[t], recurrent_t, dh)
-    flat = A.reshape(time * batch, g)
-    np.dot(H[:time].reshape(time * batch, u).T, flat, d_recurrent)
-    d_bias[:] = flat.sum(axis=0)
+def extension_path() -> Path:
+    """Where the loops compiled ahead of time live: numba's cache folder (NUMBA_CACHE_DIR, else
+    pipeline/__pycache__), named for `_machine_key`."""
+    folder = Path(os.environ.get("NUMBA_CACHE_DIR") or Path(__file__).with_name("__pycache__"))
+    return folder / f"{MODULE}.{_machine_key()}{sysconfig.get_config_var('EXT_SUFFIX')}"
 
 
-# The few-streams step below sums each gate's product over the units in any order (reassoc), so
-# that the sums vectorise; the training loops leave their sums to BLAS.
-FEW = {"nogil": True, "error_model": "numpy", "cache": True, "fastmath": {"contract", "arcp", "afn", "reassoc", "nsz"}}
+def _build(path: str) -> None:
+    """(In a child process.) The extension built in a folder beside `path`, then moved there whole:
+    a build that fails or is killed leaves nothing that could be loaded."""
+    import shutil
+    import tempfile
+
+    from pipeline import lstm_loops
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix=".building-", dir=target.parent)
+    try:
+        lstm_loops.build_extension(folder, MODULE, numba_signatures())
+        (built,) = Path(folder).glob(f"{MODULE}*")
+        os.replace(built, target)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
-@njit(**FEW)
-def step(ids, rows, bias, recurrent_t, h, c):
-    """One position of the LSTM for a few streams at once (generation, one character each): ids
-    (batch,), rows (vocab, 4 units) each id's input projection and bias (4 units,) as in
-    `forward`, recurrent_t (4 units, units) the recurrent kernel transposed, h and c (units,
-    batch) the state. Returns the new h and c, (units, batch).
+_COMPILED: dict = {}  # {"extension": its path, or None where numba's JIT cache holds the loops}
+_LOOPS: dict | None = None
+_LOCK = threading.Lock()  # batch parts' threads may ask at once
 
-    For a few columns BLAS reads the whole recurrent kernel once per column (4 columns took about
-    4x one); here each of its rows is read once for every four streams and kept in cache for
-    their four sums, so a stream adds less than its own product to the step."""
-    g, u = recurrent_t.shape
-    batch = ids.shape[0]
-    ht = np.empty((batch, u), F32)
-    ct = np.empty((batch, u), F32)
-    z = np.empty((batch, g), F32)
-    for k in range(u):
-        for b in range(batch):
-            ht[b, k] = h[k, b]
-            ct[b, k] = c[k, b]
-    b = 0
-    while b + 4 <= batch:
-        for j in range(g):
-            r = recurrent_t[j]
-            s0 = s1 = s2 = s3 = F32(0)
-            for k in range(u):
-                s0 += r[k] * ht[b, k]
-                s1 += r[k] * ht[b + 1, k]
-                s2 += r[k] * ht[b + 2, k]
-                s3 += r[k] * ht[b + 3, k]
-            z[b, j], z[b + 1, j], z[b + 2, j], z[b + 3, j] = s0, s1, s2, s3
-        b += 4
-    for b in range(b, batch):
-        for j in range(g):
-            r = recurrent_t[j]
-            s0 = F32(0)
-            for k in range(u):
-                s0 += r[k] * ht[b, k]
-            z[b, j] = s0
-    tc = np.empty(u, F32)
-    for b in range(batch):  # in place: the gates over z, the new cell over the old, h over the old h
-        _cell(z[b], rows[ids[b]], bias, z[b], ct[b], ct[b], ht[b], tc)
-    return np.ascontiguousarray(ht.T), np.ascontiguousarray(ct.T)
+
+def compile_apart() -> Path | None:
+    """The loops compiled by child processes, once per process at most: the extension module
+    built (about 20 s, once per machine) into `extension_path()`, which this returns; where it
+    cannot be built (no C compiler or no Python headers: the child's error says which), numba's
+    JIT into its on-disk cache, with a warning, and None.
+
+    Apart, because compiling holds memory: the build's child peaked at 245 MiB. The train stage
+    calls this before it imports TensorFlow, so that the two processes' memory never adds up."""
+    with _LOCK:
+        if not _COMPILED:
+            _COMPILED["extension"] = _compile_apart()
+        return _COMPILED["extension"]
+
+
+def _compile_apart() -> Path | None:
+    import subprocess
+
+    path = extension_path()
+    child = [sys.executable, "-c"]
+    if not path.exists():
+        print(f"lstm_cpu: compiling the fused LSTM's loops for this machine, once (about 20 s): {path}", file=sys.stderr, flush=True)
+        subprocess.run([*child, f"from pipeline import lstm_cpu; lstm_cpu._build({str(path)!r})"], check=False)
+    if path.exists():
+        return path
+    print("warning: the fused LSTM's loops could not be compiled ahead of time (see the error above); numba's JIT "
+          "runs them instead, which keeps about 100 MB more memory in this process", file=sys.stderr, flush=True)
+    # No check: if the child cannot compile, load_compiled's compiling raises the error where it matters.
+    subprocess.run([*child, "from pipeline import lstm_cpu, lstm_loops; lstm_loops.compile_jit(lstm_cpu.numba_signatures())"],
+                   check=False)
+    return None
+
+
+def load_compiled() -> dict:
+    """The loops {"forward", "backward", "step"}, each checked (`_checked`), loaded once per process
+    from what `compile_apart` compiled: the extension module, without numba (measured after
+    TensorFlow's import: numba and its cached loops took 111 MB of RSS, the extension about 1), or
+    numba's cache (compiling in this process would keep about 80 MB more)."""
+    global _LOOPS
+    path = compile_apart()
+    with _LOCK:
+        if _LOOPS is None:
+            if path is not None:
+                import importlib.util
+
+                spec = importlib.util.spec_from_file_location(MODULE, path)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+            else:
+                from pipeline import lstm_loops as module
+
+                module.compile_jit(numba_signatures())
+            _LOOPS = {name: _checked(getattr(module, name), name) for name in SIGNATURES}
+    return _LOOPS
 
 
 class Slot:
@@ -216,44 +212,16 @@ class Slot:
         self.H[0] = self.C[0] = 0  # the zero state (H[0] and C[0] are never written by the loop in training)
         self.ids = np.ascontiguousarray(ids, dtype=np.int32)
         self.recurrent_t = np.ascontiguousarray(recurrent.T)
-        forward(self.ids, kernel, bias, recurrent, self.H, self.C, self.A, self.TC, self.Z)
+        load_compiled()["forward"](self.ids, kernel, bias, recurrent, self.H, self.C, self.A, self.TC, self.Z)
         return self.H[time if self.keep else time % 2].copy()  # a copy: the next step rewrites the buffer
 
     def run_backward(self, dh_last, vocab: int):
         batch, _, u = self.shape
         grads = np.empty((vocab, 4 * u), F32), np.empty((u, 4 * u), F32), np.empty(4 * u, F32)
-        backward(np.ascontiguousarray(dh_last, dtype=F32), self.ids, self.H, self.C, self.A, self.TC, self.recurrent_t,
-                 self._buffer("dz", (4 * u,)), self._buffer("dh", (batch, u)), self._buffer("dc", (batch, u)), *grads)
+        load_compiled()["backward"](np.ascontiguousarray(dh_last, dtype=F32), self.ids, self.H, self.C, self.A, self.TC,
+                                    self.recurrent_t, self._buffer("dz", (4 * u,)), self._buffer("dh", (batch, u)),
+                                    self._buffer("dc", (batch, u)), *grads)
         return grads
-
-
-def compile_loops() -> None:
-    """Compile the loops, or load them from numba's cache, on tiny arrays of the types training and
-    generation pass them."""
-    vocab, u = 3, 2
-    ids = np.zeros((1, 2), np.int32)
-    weights = np.zeros((vocab, 4 * u), F32), np.zeros(4 * u, F32), np.zeros((u, 4 * u), F32)
-    training = Slot(keep=True)
-    training.run_forward(ids, *weights)
-    training.run_backward(np.zeros((1, u), F32), vocab)
-    Slot(keep=False).run_forward(ids, *weights)
-    state = np.zeros((u, 1), F32), np.zeros((u, 1), F32)
-    step(np.zeros(1, np.int64), weights[0], weights[1], np.zeros((4 * u, u), F32), *state)
-
-
-def load_compiled() -> None:
-    """The loops, compiled in a child process if numba's cache does not hold them yet, then loaded
-    here from that cache. Compiling keeps memory in the process that compiles: after TensorFlow's
-    import, compiling took RSS from 702 to 842 MiB, loading the cache to 759; the first train stage
-    on a machine, which compiled them in its first step, peaked at 992.5 MiB on full Nietzsche
-    against 912.8 with the cache warm (measured). This module imports no Keras, so the whole call
-    took 2.0 s with the cache warm (16.6 s with it empty)."""
-    import subprocess
-    import sys
-
-    # No check: if the child cannot compile, compiling here raises the error where it matters.
-    subprocess.run([sys.executable, "-c", "from pipeline import lstm_cpu; lstm_cpu.compile_loops()"], check=False)
-    compile_loops()
 
 
 def lstm_last(ids, kernel, recurrent, bias, keep: bool = True):

@@ -43,15 +43,22 @@ def batch_parts(setting, threads: int | None, batch_size: int) -> int:
 def fused_lstm(setting, model: str, targets: str) -> bool:
     """`train.fused_lstm` as a yes or no. "auto": yes for the book's model (`model` lstm, `targets`
     last) when TensorFlow sees no GPU, where cuDNN runs Keras's LSTM fast, and numba is installed."""
-    if setting != "auto":
-        return bool(setting)
-    if model != "lstm" or targets != "last":
-        return False
-    import importlib.util
-
+    maybe = might_fuse(setting, model, targets)
+    if not maybe or setting != "auto":
+        return maybe
     import tensorflow as tf
 
-    return not tf.config.list_physical_devices("GPU") and importlib.util.find_spec("numba") is not None
+    return not tf.config.list_physical_devices("GPU")
+
+
+def might_fuse(setting, model: str, targets: str) -> bool:
+    """`fused_lstm`'s answer as far as it is known without TensorFlow, which alone can say whether
+    there is a GPU (where "auto" turns a yes into a no)."""
+    if setting != "auto":
+        return bool(setting)
+    import importlib.util
+
+    return model == "lstm" and targets == "last" and importlib.util.find_spec("numba") is not None
 
 
 def limit_blas(threads: int | None) -> None:
@@ -69,12 +76,12 @@ def limit_blas(threads: int | None) -> None:
 def prepare_fused_lstm(setting, model: str, targets: str, parts: int, threads: int | None) -> bool:
     """`fused_lstm(setting, model, targets)`, and if yes, what the fused loops need before training:
     one BLAS thread per product when there are batch parts (`threads` otherwise), and the loops
-    compiled apart and loaded (`pipeline.lstm_cpu.load_compiled`: compiling them in this process
-    would keep about 80 MB)."""
+    loaded (`pipeline.lstm_cpu.load_compiled`, which compiles them in a child process if no one
+    has yet: better before TensorFlow's import, with `lstm_cpu.compile_apart` when `might_fuse`)."""
     fused = fused_lstm(setting, model, targets)
     if fused:
         limit_blas(1 if parts > 1 else threads)
-        from pipeline import lstm_cpu  # numba: only for the fused loops
+        from pipeline import lstm_cpu
 
         lstm_cpu.load_compiled()
     return fused

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from pipeline import artifacts, callbacks, config, tracking
+from pipeline import artifacts, callbacks, config, lstm_cpu, tracking
 from pipeline.callbacks import TrainError
-from pipeline.machine import batch_parts, peak_rss_mib, prepare_fused_lstm, release_free_memory, set_threads
+from pipeline.machine import batch_parts, might_fuse, peak_rss_mib, prepare_fused_lstm, release_free_memory, set_threads
 from pipeline.vectorize import make_dataset
 
 DATA_FILES = ("train.npy", "val.npy", "vocab.json")
@@ -91,6 +91,11 @@ def log_reused(cfg, result: dict) -> None:
 
 
 def run(cfg) -> dict:
+    t = cfg.train
+    if might_fuse(t.fused_lstm, cfg.model.name, t.targets):
+        # Before TensorFlow's import: a child process compiling the loops (the first time on a
+        # machine) and this process never hold their memory at once.
+        lstm_cpu.compile_apart()
     import keras
     import mlflow
     import tensorflow as tf
@@ -101,7 +106,7 @@ def run(cfg) -> dict:
     prepared, models_dir, metrics_dir = Path(cfg.paths.prepared), Path(cfg.paths.models), Path(cfg.paths.metrics)
     vocab = json.loads((prepared / "vocab.json").read_text(encoding="utf-8"))
     train_ids, val_ids = np.load(prepared / "train.npy"), np.load(prepared / "val.npy")
-    maxlen, step, t = cfg.vectorize.maxlen, cfg.vectorize.step, cfg.train
+    maxlen, step = cfg.vectorize.maxlen, cfg.vectorize.step
     for folder in (models_dir, metrics_dir):
         artifacts.ensure_writable(folder)
 

@@ -129,7 +129,7 @@ def test_stateful_mode_matches_the_model_while_shorter_than_maxlen(model):
 
 @pytest.mark.parametrize("vocab, units", [(11, 8), (57, 128)])
 def test_compiled_step_for_a_few_streams_gives_the_models_probabilities(vocab, units, monkeypatch):
-    """Up to FEW_STREAMS streams, an LSTM step is `lstm_cpu.step` (streams in fours, then one by
+    """Up to FEW_STREAMS streams, an LSTM step is `lstm_loops.step` (streams in fours, then one by
     one): after every position its probabilities are model(the text so far), and its state is
     the numpy step's, for batches that are all fours, all singles and both."""
     import keras

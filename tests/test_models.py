@@ -310,22 +310,86 @@ def test_fused_lstm_auto_is_the_book_model_without_a_gpu():
     assert fused_lstm(True, "lstm", "last") and not fused_lstm(False, "lstm", "last")
 
 
-def test_the_train_stage_loads_the_loops_a_child_process_compiled(tmp_path):
-    """lstm_cpu.load_compiled: a child process compiles the loops into numba's cache (here an empty
-    one), and the calling process loads every one of them from it, compiling nothing itself (the
-    memory compiling keeps: see load_compiled). It imports no Keras."""
+# In a child process with an empty cache (NUMBA_CACHE_DIR): load the loops, say whether numba is
+# loaded, then run each loaded loop and numba's JIT of the same code on the same arrays.
+_LOAD_AND_COMPARE = """
+import sys
+import numpy as np
+from pipeline import lstm_cpu
+loops = lstm_cpu.load_compiled()
+print("numba", "numba" in sys.modules, "keras", "keras" in sys.modules)
+from pipeline import lstm_loops
+rng = np.random.default_rng(5)
+B, T, U, V = 5, 7, 8, 11
+def arrays(shape, dtype=np.float32):
+    return (rng.standard_normal(shape) * 2).astype(dtype) if dtype == np.float32 else rng.integers(0, V, shape).astype(dtype)
+ids, kernel, bias, rec = arrays((B, T), np.int32), arrays((V, 4 * U)), arrays(4 * U), arrays((U, 4 * U))
+def run(forward, backward, step):
+    H, C, A, TC = np.zeros((T + 1, B, U), np.float32), np.zeros((T + 1, B, U), np.float32), np.zeros((T, B, 4 * U), np.float32), np.zeros((T, B, U), np.float32)
+    forward(ids, kernel, bias, rec, H, C, A, TC, np.zeros((B, 4 * U), np.float32))
+    h_last = H[T].copy()
+    grads = np.empty((V, 4 * U), np.float32), np.empty((U, 4 * U), np.float32), np.empty(4 * U, np.float32)
+    backward(np.ones((B, U), np.float32), ids, H, C, A, TC, np.ascontiguousarray(rec.T), np.empty(4 * U, np.float32),
+             np.empty((B, U), np.float32), np.empty((B, U), np.float32), *grads)
+    h, c = step(np.arange(B, dtype=np.int64), kernel, bias, np.ascontiguousarray(rec.T), np.ascontiguousarray(H[T].T), np.ascontiguousarray(C[T].T))
+    return [h_last, *grads, h, c]
+theirs = run(lstm_loops.forward, lstm_loops.backward, lstm_loops.step)
+ours = run(loops["forward"], loops["backward"], loops["step"])
+print("differ", max(float(np.abs(a - b).max() / max(1.0, float(np.abs(b).max()))) for a, b in zip(ours, theirs)))
+print("moved", min(float(np.abs(a).max()) for a in ours))
+print("jit", *(len(getattr(lstm_loops, n).stats.cache_hits) for n in lstm_cpu.SIGNATURES), *(len(getattr(lstm_loops, n).stats.cache_misses) for n in lstm_cpu.SIGNATURES))
+"""
+
+
+def _load_in_a_child(tmp_path, **env):
     import os
     import subprocess
     import sys
 
-    script = ("import sys; from pipeline import lstm_cpu as l; l.load_compiled(); loops = (l.forward, l.backward, l.step); "
-              "print(sum(len(f.stats.cache_hits) for f in loops), sum(len(f.stats.cache_misses) for f in loops), "
-              "'keras' in sys.modules)")
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["3", "0", "False"]  # 3 loops, each loaded from the cache: none compiled here
-    cached = {p.name.split("-")[0] for p in tmp_path.rglob("*.nbi")}
-    assert cached == {"lstm_cpu.forward", "lstm_cpu.backward", "lstm_cpu.step"}
+    out = subprocess.run([sys.executable, "-c", _LOAD_AND_COMPARE], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), **env})
+    assert out.returncode == 0, out.stderr
+    return {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()}, out.stderr
+
+
+def test_the_loops_are_compiled_ahead_of_time_and_run_without_numba(tmp_path):
+    """lstm_cpu.load_compiled with an empty cache: a child process builds the extension, and the
+    calling process runs the loops from it without loading numba (or Keras), with numba's JIT's
+    results; the cache then holds the extension alone, nothing half-built."""
+    seen, err = _load_in_a_child(tmp_path)
+    assert seen["numba"] == ["False", "keras", "False"]
+    assert float(seen["differ"][0]) <= 1e-6 and float(seen["moved"][0]) > 0.01  # the same values, and not zeros
+    assert [p.name.split(".")[0] for p in tmp_path.iterdir() if not p.name.startswith("pipeline_")] == ["_lstm_cpu_loops"]
+    assert "compiling the fused LSTM's loops" in err and "warning" not in err
+    seen, err = _load_in_a_child(tmp_path)  # built once: the next process loads it
+    assert "compiling" not in err and float(seen["differ"][0]) <= 1e-6
+
+
+def test_without_a_compiler_the_loops_run_on_numbas_jit_compiled_apart(tmp_path):
+    """No C compiler (CC=false): a warning, then numba's JIT, compiled into its cache by a child
+    process and loaded from it here (3 cache hits, nothing compiled in this process)."""
+    seen, err = _load_in_a_child(tmp_path, CC="false")
+    assert "warning: the fused LSTM's loops could not be compiled ahead of time" in err
+    assert seen["numba"][:1] == ["True"] and seen["jit"][:3] == ["1", "1", "1"] and seen["jit"][3:] == ["0", "0", "0"]
+    assert float(seen["differ"][0]) == 0.0  # the same functions
+    assert not list(tmp_path.glob("_lstm_cpu_loops*")) and not list(tmp_path.glob(".building-*"))
+
+
+def test_a_loop_refuses_arrays_of_another_type_with_a_message():
+    """Compiled ahead of time, a loop would read a wrong array as its own type; the check names it."""
+    from pipeline import lstm_cpu
+
+    step = lstm_cpu.load_compiled()["step"]
+    f = np.zeros((2, 3), np.float32)
+    good = (np.zeros(3, np.int64), np.zeros((5, 8), np.float32), np.zeros(8, np.float32), np.zeros((8, 2), np.float32), f[:2, :3].copy(), f.copy())
+    h, c = step(*good)
+    assert h.shape == c.shape == (2, 3)
+    with pytest.raises(TypeError, match="argument 0 must be a C-contiguous int64 array of 1 dimension"):
+        step(np.zeros(3, np.int32), *good[1:])
+    with pytest.raises(TypeError, match="argument 4 must be a C-contiguous float32 array of 2 dimension.*non-contiguous"):
+        step(*good[:4], np.zeros((2, 6), np.float32)[:, ::2], good[5])
+    with pytest.raises(TypeError, match="takes 6 arrays, not 5"):
+        step(*good[:5])
 
 
 def test_batch_parts_follow_the_cores_and_never_exceed_the_batch(monkeypatch):
