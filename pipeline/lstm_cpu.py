@@ -67,7 +67,8 @@ def _checked(loop, name: str):
     """`loop` behind a check of its arguments against SIGNATURES[name], which names the first wrong one."""
     expected = [(np.dtype(t), n) for t, n in SIGNATURES[name]]
 
-    def call(*args):
+    def refuse(args) -> None:
+        """Raise for the first argument that is not what `loop` reads (nothing if all are)."""
         if len(args) != len(expected):
             raise TypeError(f"lstm_cpu.{name} takes {len(expected)} arrays, not {len(args)}")
         for k, (arg, (dtype, ndim)) in enumerate(zip(args, expected)):
@@ -76,6 +77,16 @@ def _checked(loop, name: str):
                        if isinstance(arg, np.ndarray) else type(arg).__name__)
                 raise TypeError(f"lstm_cpu.{name}: argument {k} must be a C-contiguous {dtype} array of {ndim} "
                                 f"dimension(s), not {got}")
+
+    def call(*args):
+        # The quick test first (generation calls `step` once a character): numpy's own dtype objects
+        # are shared, so `is` holds for the right ones; anything it doubts, refuse() decides.
+        if len(args) != len(expected):
+            refuse(args)
+        for arg, (dtype, ndim) in zip(args, expected):
+            if type(arg) is not np.ndarray or arg.dtype is not dtype or arg.ndim != ndim or not arg.flags.c_contiguous:
+                refuse(args)
+                break
         return loop(*args)
 
     return call
