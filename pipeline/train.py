@@ -26,7 +26,8 @@ from omegaconf import OmegaConf
 
 from pipeline import artifacts, callbacks, config, lstm_cpu, tracking
 from pipeline.callbacks import TrainError
-from pipeline.machine import batch_parts, might_fuse, peak_rss_mib, prepare_fused_lstm, release_free_memory, set_threads
+from pipeline.machine import (batch_parts, hide_unused_libraries, might_fuse, peak_rss_mib, prepare_fused_lstm,
+                              release_free_memory, set_threads)
 from pipeline.vectorize import make_dataset
 
 DATA_FILES = ("train.npy", "val.npy", "vocab.json")
@@ -221,13 +222,7 @@ def run(cfg) -> dict:
 
 
 def main() -> None:
-    # Keras imports scikit-learn (installed as an MLflow dependency) for its optional estimator
-    # wrappers, which training never uses: hiding it from this process keeps ~60 MB of peak RSS
-    # and half a second of start-up out of the train stage. Keras checks for it and carries on.
-    # Likewise pandas (imported by MLflow) loads pyarrow if it is installed, for data formats this
-    # stage never reads or writes: 34 MB of RSS (measured), which the fused LSTM's compiler needs.
-    sys.modules.setdefault("sklearn", None)
-    sys.modules.setdefault("pyarrow", None)
+    hide_unused_libraries()
     try:
         run(config.load())
     except (config.ConfigError, tracking.TrackingError, TrainError, OSError) as e:
