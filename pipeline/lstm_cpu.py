@@ -177,6 +177,8 @@ def load_compiled() -> dict:
     TensorFlow's import: numba and its cached loops took 111 MB of RSS, the extension about 1), or
     numba's cache (compiling in this process would keep about 80 MB more)."""
     global _LOOPS
+    if _LOOPS is not None:  # each training step asks: no lock once loaded
+        return _LOOPS
     path = compile_apart()
     with _LOCK:
         if _LOOPS is None:
