@@ -5,6 +5,7 @@ dropout (this script counts the kernel calls to show it).
 
     python bench/gpu.py prepare DIR                    # here: the vectorize stage's ids of both corpora
     KERAS_BACKEND=torch PYTHONPATH=<wheels>:. python bench/gpu.py run DIR --out OUT [--quality-seconds 300] [--recipes ...]
+        [--pipeline [--corpus-dir MIRROR]]
     python bench/gpu.py record DIR OUT...              # here again: into bench/gpu.json and bench/quality.json
 
 `prepare` runs the real fetch and vectorize stages (needs $GENLAB_DATA_DIR) for Nietzsche and
@@ -18,6 +19,10 @@ repository on PYTHONPATH (it is not installed there), and measures:
    loop (targets all, one shuffle per epoch from the seed, val_loss on the held-out windows after
    every epoch, the plateau rule, the best epoch's weights kept). Each model is written to OUT in
    parts of 15 MiB (the device tool returns files of at most 16 MiB), with OUT/gpu.json.
+4. with --pipeline, the default pipeline's work, stage by stage (`default_pipeline`): fetch and
+   vectorize (from the corpus in --corpus-dir), the train stage's loop with conf/ as it is (10
+   epochs, the per-epoch samples included), the sample stage's work. The stages themselves need
+   TensorFlow and MLflow, which that machine lacks; this is their work on its GPU.
 `record` puts each model through the project's sample stage here, on TensorFlow (its held-out loss
 must match the GPU's), and adds the rows to the quality table.
 """
@@ -64,8 +69,8 @@ def prepare(folder: Path) -> None:
             vectorize.run(cfg)
 
 
-def _load(folder: Path, corpus: str):
-    d = folder / corpus
+def _load(d: Path):
+    """The vectorize stage's outputs in folder `d`: train and val ids, the vocabulary."""
     return np.load(d / "train.npy").astype(np.int32), np.load(d / "val.npy").astype(np.int32), \
         json.loads((d / "vocab.json").read_text(encoding="utf-8"))
 
@@ -138,7 +143,7 @@ def throughput(folder: Path, batch: int, counts: Counter) -> dict:
     from pipeline.vectorize import make_windows
 
     cfg = config.compose([f"train.batch_size={batch}"])
-    train, _, vocab = _load(folder, "nietzsche")
+    train, _, vocab = _load(folder / "nietzsche")
     x, y = make_windows(train, cfg.vectorize.maxlen, cfg.vectorize.step)
     order = np.random.default_rng([cfg.seed, 0]).permutation(len(x))  # the train stage's epoch-0 order
     x, y = x[order], y[order]
@@ -167,40 +172,47 @@ def held_out(model, val: np.ndarray, maxlen: int, step: int, batch: int = 1024) 
     return float(model.evaluate(x, y, batch_size=batch, verbose=0))
 
 
-def quality(folder: Path, recipe: str, seconds: float, out: Path) -> dict:
-    """One quality recipe on tiny-shakespeare, as the train stage runs it (targets all), for its
-    train.epochs or `seconds` of training, whichever ends first."""
+def stage_loop(cfg, train: np.ndarray, val: np.ndarray, vocab: list[str], seconds: float = math.inf,
+               epoch_samples: bool = False, label: str = "") -> dict:
+    """The train stage's loop on the backend at hand, for `train.epochs` or `seconds` of training,
+    whichever ends first: one fit() per epoch over every window in the stage's order for it (one
+    shuffle per epoch from the seed), `train.targets` (last: the book's; all: every position),
+    val_loss on the held-out windows after every epoch, the plateau rule, the best epoch's weights
+    kept; with `epoch_samples`, the stage's per-epoch text (`train.epoch_samples`: its temperatures
+    and length, from a held-out prompt, through the project's generator). Returns the history and
+    the model (trained) and `exported` (its last-position twin) holding the best weights."""
     import keras
     from omegaconf import OmegaConf
 
-    from pipeline import config
+    from pipeline.generator import for_model
     from pipeline.model import build
-    from pipeline.vectorize import window_starts
+    from pipeline.vectorize import decode, window_starts
 
-    cfg = config.compose(RECIPES[recipe])
     keys, v, t = OmegaConf.to_container(cfg.model), cfg.vectorize, cfg.train
-    maxlen, step, val_step = v.maxlen, v.step, v.val_step or v.step
-    assert cfg.corpus.name == "tinyshakespeare" and t.targets == "all", "a recipe trains on tiny-shakespeare, all targets"
-    train, val, vocab = _load(folder, "tinyshakespeare")
+    maxlen, step, val_step, sequence = v.maxlen, v.step, v.val_step or v.step, t.targets == "all"
     keras.utils.set_random_seed(cfg.seed)
-    model = build(len(vocab), sequence=True, **keys)
+    model = build(len(vocab), sequence=sequence, **keys)
     model.compile(optimizer=_optimizer(t), loss="sparse_categorical_crossentropy")
-    exported = build(len(vocab), **keys)
-    exported.compile(loss="sparse_categorical_crossentropy")
+    exported = build(len(vocab), **keys) if sequence else model
+    if sequence:
+        exported.compile(loss="sparse_categorical_crossentropy")
+    temps = [float(x) for x in t.epoch_samples.temperatures]
+    rng = np.random.default_rng(cfg.seed)  # the stage's callback draws its prompts and characters from this
     offsets = np.arange(maxlen)
     history, best, best_weights, wait, started = [], math.inf, None, 0, time.perf_counter()
     epoch = 0
     while True:
         starts = window_starts(len(train), maxlen, step, 0, cfg.seed, epoch)  # the train stage's order for the epoch
-        x, y = train[starts[:, None] + offsets], train[starts[:, None] + offsets + 1]
+        x = train[starts[:, None] + offsets]
+        y = train[starts[:, None] + offsets + 1] if sequence else train[starts + maxlen]
         t0 = time.perf_counter()
         loss = model.fit(x, y, batch_size=t.batch_size, epochs=1, shuffle=False, verbose=0).history["loss"][-1]
         fit_s = time.perf_counter() - t0
-        exported.set_weights(model.get_weights())
+        if sequence:
+            exported.set_weights(model.get_weights())
         val_loss = held_out(exported, val, maxlen, val_step)
         lr_now = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
         history.append({"epoch": epoch + 1, "loss": loss, "val_loss": val_loss, "lr": lr_now, "fit_seconds": fit_s})
-        print(json.dumps({"recipe": recipe, **history[-1]}), flush=True)
         if val_loss < best:
             best, best_weights, wait = val_loss, model.get_weights(), 0
         else:
@@ -208,41 +220,139 @@ def quality(folder: Path, recipe: str, seconds: float, out: Path) -> dict:
             if wait >= t.plateau.patience and lr_now > t.plateau.min_lr:  # the train stage's plateau rule
                 model.optimizer.learning_rate.assign(max(lr_now * t.plateau.factor, t.plateau.min_lr))
                 wait = 0
+        if epoch_samples:
+            t1 = time.perf_counter()
+            begin = int(rng.integers(0, len(val) - maxlen))
+            out = for_model(exported, maxlen).generate(val[begin:begin + maxlen].astype(np.int64), temps,
+                                                      t.epoch_samples.length, rng, mode=t.epoch_samples.mode)
+            history[-1].update(samples_seconds=time.perf_counter() - t1, sample=decode(out[len(temps) // 2][:60], vocab))
+        history[-1]["seconds"] = time.perf_counter() - t0  # the epoch: fit, val_loss, samples
+        print(json.dumps({"label": label, **history[-1]}), flush=True)
         epoch += 1
         elapsed = time.perf_counter() - started
         if epoch >= t.epochs or elapsed * (epoch + 1) / epoch > seconds:  # the train stage's time_limit rule
             break
     exported.set_weights(best_weights)
-    model.set_weights(best_weights)
+    if sequence:
+        model.set_weights(best_weights)
+    return {"history": history, "epochs": epoch, "train_seconds": elapsed, "best_val_loss": best,
+            "best_epoch": min(history, key=lambda r: r["val_loss"])["epoch"], "model": model, "exported": exported}
+
+
+def quality(folder: Path, recipe: str, seconds: float, out: Path) -> dict:
+    """One quality recipe on tiny-shakespeare, as the train stage runs it (targets all), for its
+    train.epochs or `seconds` of training, whichever ends first."""
+    from omegaconf import OmegaConf
+
+    from pipeline import config
+    from pipeline.model import build
+
+    cfg = config.compose(RECIPES[recipe])
+    keys, v, t = OmegaConf.to_container(cfg.model), cfg.vectorize, cfg.train
+    val_step = v.val_step or v.step
+    assert cfg.corpus.name == "tinyshakespeare" and t.targets == "all", "a recipe trains on tiny-shakespeare, all targets"
+    train, val, vocab = _load(folder / "tinyshakespeare")
+    loop = stage_loop(cfg, train, val, vocab, seconds, label=recipe)
+    model, exported = loop.pop("model"), loop.pop("exported")
     # nanoGPT's figure is the mean over every position of 256-character blocks; ours is the
     # character after each maxlen window. Both, for the best weights.
     blocks = np.arange(0, len(val) - 257, 128)
     xs, ys = val[blocks[:, None] + np.arange(256)], val[blocks[:, None] + np.arange(256) + 1]
-    result = {"recipe": recipe, "overrides": RECIPES[recipe], "model": keys, "maxlen": maxlen, "step": step,
-              "batch": t.batch_size, "learning_rate": t.learning_rate, "epochs": epoch, "train_seconds": elapsed,
-              "best_val_loss": best, "best_epoch": min(history, key=lambda r: r["val_loss"])["epoch"],
+    result = {"recipe": recipe, "overrides": RECIPES[recipe], "model": keys, "maxlen": v.maxlen, "step": v.step,
+              "batch": t.batch_size, "learning_rate": t.learning_rate, **loop,
               "val_loss_maxlen60": held_out(exported, val, 60, val_step),
               "val_loss_all_positions_256": float(model.evaluate(xs, ys, batch_size=256, verbose=0)),
-              "parameters": model.count_params(), "history": history}
+              "parameters": model.count_params()}
     clean = build(len(vocab), **keys)  # uncompiled: no torch optimizer in the file, so TensorFlow loads it
-    clean.set_weights(best_weights)
+    clean.set_weights(exported.get_weights())
     clean.save(out / f"{recipe}.keras")
     (out / f"{recipe}.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result
 
 
-def run(folder: Path, out: Path, seconds: float, recipes: list[str], speed: bool) -> None:
+def default_pipeline(folder: Path, raw: Path | None, overrides: tuple[str, ...] = ()) -> dict:
+    """The default pipeline's work (conf/ as it is, or with Hydra `overrides`) on this machine, stage by stage:
+    fetch and vectorize (the real stages, from the corpus in the mirror folder `raw`; without it,
+    the ids `prepare` wrote to DIR, and those two stages are not timed); the train stage's loop
+    (`stage_loop`, its per-epoch samples included); the sample stage's work (the best model saved
+    and loaded back, its prompt drawn from the seed, `sample.temperature` x `sample.length`
+    characters in `sample.mode` through the project's generator, their measures, the held-out
+    loss). Not the stages themselves, which need TensorFlow (their input pipeline) and MLflow."""
+    import tempfile
+
+    import keras
+
+    from pipeline import config, fetch, sample_metrics, vectorize
+    from pipeline.config import temperatures
+    from pipeline.generator import for_model
+    from pipeline.vectorize import decode
+
+    seconds: dict = {}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        if raw is not None:
+            cfg = config.compose([*overrides, f"fetch.mirror={raw}", f"paths.raw={tmp}/raw", f"paths.prepared={tmp}/prepared",
+                                  f"paths.metrics={tmp}/metrics"])
+            for name, stage in (("fetch", fetch), ("vectorize", vectorize)):
+                t0 = time.perf_counter()
+                stage.run(cfg)
+                seconds[name] = time.perf_counter() - t0
+            prepared = Path(cfg.paths.prepared)
+        else:
+            cfg = config.compose(list(overrides))
+            prepared = folder / cfg.corpus.name
+        train, val, vocab = _load(prepared)
+        maxlen, s = cfg.vectorize.maxlen, cfg.sample
+
+        t0 = time.perf_counter()
+        loop = stage_loop(cfg, train, val, vocab, epoch_samples=True, label="default")
+        loop["exported"].save(Path(tmp) / "model.keras")
+        seconds["train"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        model = keras.saving.load_model(Path(tmp) / "model.keras", safe_mode=True)
+        model.compile(loss="sparse_categorical_crossentropy")  # as the sample stage does, for its held-out loss
+        rng = np.random.default_rng(cfg.seed)  # the sample stage's prompt and draws
+        begin = int(rng.integers(0, len(val) - maxlen))
+        prompt = val[begin:begin + maxlen].astype(np.int64)
+        temps = temperatures(s.temperature)
+        generator = for_model(model, maxlen)
+        t1 = time.perf_counter()
+        out = generator.generate(prompt, temps, s.length, rng, mode=s.mode, greedy=s.greedy)
+        generate_s = time.perf_counter() - t1
+        val_loss = held_out(model, val, maxlen, cfg.vectorize.val_step or cfg.vectorize.step, batch=512)
+        train_text = decode(train, vocab)
+        words = set(sample_metrics.words(train_text))
+        for ids in out:
+            sample_metrics.measure(generator, prompt, ids, decode(ids, vocab), train_text, words)
+        seconds["sample"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - started
+    history = [{k: r[k] for k in ("epoch", "loss", "val_loss", "lr", "fit_seconds", "samples_seconds", "seconds")}
+               for r in loop["history"]]
+    return {"overrides": list(overrides), "corpus": cfg.corpus.name, "epochs": loop["epochs"], "batch": cfg.train.batch_size,
+            "stages_timed": list(seconds), "seconds": seconds, "best_val_loss": loop["best_val_loss"],
+            "best_epoch": loop["best_epoch"], "sample_val_loss": val_loss, "sample_generate_seconds": generate_s,
+            "sample_chars_per_second": len(temps) * s.length / generate_s, "history": history,
+            "sample_t0.5": decode(out[temps.index(0.5)] if 0.5 in temps else out[0], vocab)[:200]}
+
+
+def run(folder: Path, out: Path, seconds: float, recipes: list[str], speed: bool, pipeline: bool = False,
+        raw: Path | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     counts = _kernel_counter()
     report: dict = {"date": datetime.date.today().isoformat(), "argv": sys.argv[1:], "environment": environment()}
     print(json.dumps(report["environment"]), flush=True)
-    _, _, vocab = _load(folder, "nietzsche")
+    _, _, vocab = _load(folder / "nietzsche")
     report["kernels"] = kernels(len(vocab), counts)
     print("kernels:", json.dumps(report["kernels"]), flush=True)
     report["throughput"] = [throughput(folder, b, counts) for b in (128, 1024)] if speed else []
     for r in report["throughput"]:
         print("throughput:", json.dumps(r), flush=True)
     (out / "gpu.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    if pipeline:
+        report["pipeline"] = default_pipeline(folder, raw)
+        print("pipeline:", json.dumps({k: v for k, v in report["pipeline"].items() if k != "history"}), flush=True)
+        (out / "gpu.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     if seconds > 0 and recipes:
         jobs = {name: subprocess.Popen([sys.executable, __file__, "quality", str(folder), name, "--seconds", str(seconds),
                                         "--out", str(out)]) for name in recipes}
@@ -264,6 +374,11 @@ def run(folder: Path, out: Path, seconds: float, recipes: list[str], speed: bool
     for r in report["throughput"]:
         print(f"  book model, batch {r['batch']:5d}: {r['samples_per_s']:9,.0f} samples/s over a whole-epoch fit() "
               f"({r['fit_seconds']:.1f} s), loss {r['loss']:.4f}")
+    if "pipeline" in report:
+        r = report["pipeline"]
+        print(f"  default pipeline ({r['epochs']} epochs at batch {r['batch']}): {r['seconds']['total']:.1f} s "
+              f"({', '.join(f'{k} {v:.1f} s' for k, v in r['seconds'].items() if k != 'total')}); "
+              f"best val_loss {r['best_val_loss']:.4f} at epoch {r['best_epoch']}")
     for r in report.get("quality", {}).values():
         print(f"  {r['recipe']}: best val_loss {r['best_val_loss']:.4f} at epoch {r['best_epoch']}/{r['epochs']} "
               f"in {r['train_seconds']:.0f} s; at maxlen 60 {r['val_loss_maxlen60']:.4f}; "
@@ -344,6 +459,8 @@ def main() -> None:
     r.add_argument("--recipes", nargs="*", choices=sorted(RECIPES), default=sorted(RECIPES),
                    help="the quality recipes to train, in parallel (default: all)")
     r.add_argument("--no-throughput", dest="speed", action="store_false", help="skip the book model's epochs")
+    r.add_argument("--pipeline", action="store_true", help="also time the default pipeline's work (default_pipeline)")
+    r.add_argument("--corpus-dir", type=Path, help="with --pipeline: a mirror folder holding the corpus, to time fetch and vectorize too")
     rec = sub.add_parser("record")
     rec.add_argument("folder", type=Path)
     rec.add_argument("outs", type=Path, nargs="+")
@@ -358,7 +475,7 @@ def main() -> None:
     elif a.command == "record":
         record(a.outs, a.folder)
     elif a.command == "run":
-        run(a.folder, a.out, a.quality_seconds, a.recipes, a.speed)
+        run(a.folder, a.out, a.quality_seconds, a.recipes, a.speed, a.pipeline, a.corpus_dir)
     else:
         quality(a.folder, a.recipe, a.seconds, a.out)
 

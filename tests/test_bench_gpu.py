@@ -89,3 +89,22 @@ def test_quality_loop_keeps_the_best_epochs_weights_not_the_last(tiny_prepared, 
     saved = keras.saving.load_model(out / "small.keras", safe_mode=True).get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(saved, seen[1], strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(saved, seen[2], strict=True))
+
+
+def test_default_pipeline_runs_the_stages_work_and_its_model_keeps_the_best_loss(data_dir):
+    """bench/gpu.py's default-pipeline timing, small: the real fetch and vectorize from the mirror,
+    the train stage's loop on the book's targets with its per-epoch samples, then the sample
+    stage's work on the model saved and loaded back, whose held-out loss is the loop's best."""
+    overrides = ("vectorize.max_chars=30000", "model.units=16", "train.epochs=3", "train.batch_size=256",
+                 "train.epoch_samples.length=30", "sample.length=40")
+    r = gpu.default_pipeline(REPO / "unused", data_dir, overrides)
+    assert r["stages_timed"] == ["fetch", "vectorize", "train", "sample", "total"]
+    assert r["seconds"]["total"] >= sum(r["seconds"][k] for k in ("fetch", "vectorize", "train", "sample"))
+    history = r["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3] and r["overrides"] == list(overrides)
+    assert all(h["samples_seconds"] > 0 and h["seconds"] >= h["fit_seconds"] + h["samples_seconds"] for h in history)
+    best = min(history, key=lambda h: h["val_loss"])
+    assert (r["best_epoch"], r["best_val_loss"]) == (best["epoch"], best["val_loss"])
+    assert r["sample_val_loss"] == pytest.approx(r["best_val_loss"], abs=1e-5)  # the best weights, saved and loaded
+    assert history[-1]["loss"] < history[0]["loss"] < np.log(60)
+    assert len(r["sample_t0.5"]) == 40 and r["sample_chars_per_second"] > 0
