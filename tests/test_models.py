@@ -310,6 +310,50 @@ def test_fused_lstm_auto_is_the_book_model_without_a_gpu():
     assert fused_lstm(True, "lstm", "last") and not fused_lstm(False, "lstm", "last")
 
 
+
+def test_with_a_gpu_auto_leaves_the_model_whole_for_cudnn(monkeypatch):
+    """Where TensorFlow sees a GPU, `auto` neither cuts batches into parts nor fuses the LSTM: the
+    train stage then builds the family's plain Keras model, whose layers cuDNN can run."""
+    import tensorflow as tf
+
+    from pipeline.machine import batch_parts, fused_lstm
+
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda kind=None: [tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")] if kind == "GPU" else [])
+    assert batch_parts("auto", None, 128) == 1 and batch_parts("auto", 4, 128) == 1
+    assert not fused_lstm("auto", "lstm", "last")
+    assert batch_parts(2, None, 128) == 2 and fused_lstm(True, "lstm", "last")  # what a user asks for stands
+
+
+@pytest.mark.parametrize("overrides", [["model=lstm"], ["model=stacked_lstm"], ["model=gru"], ["experiment=quality"],
+                                       ["experiment=quality_tinyshakespeare"], ["model=gru", "model.embedding=null"]])
+def test_every_recurrent_layer_conf_builds_qualifies_for_cudnn(overrides):
+    """On a GPU, TensorFlow runs an LSTM or GRU layer on cuDNN only when Keras's own test of its
+    arguments passes (tanh, sigmoid, no unroll, a bias; for a GRU, reset_after), its use_cudnn
+    allows it, it has no recurrent dropout and no mask reaches it. Checked for every recurrent
+    layer of each family as conf/ builds it, for both training objectives."""
+    import importlib
+
+    import keras
+    from omegaconf import OmegaConf
+
+    from pipeline.model import build
+
+    tf_rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")  # where TensorFlow's backend decides
+    keys = OmegaConf.to_container(config.compose(overrides).model)
+    for sequence in (False, True):
+        model = build(57, sequence=sequence, **keys)
+        recurrent = [layer for layer in model.layers if isinstance(layer, (keras.layers.LSTM, keras.layers.GRU))]
+        assert recurrent, overrides
+        for layer in recurrent:
+            args = (layer.activation, layer.recurrent_activation, layer.unroll, layer.use_bias)
+            if isinstance(layer, keras.layers.LSTM):
+                assert tf_rnn._do_lstm_arguments_support_cudnn(*args), layer.name
+            else:
+                assert tf_rnn._do_gru_arguments_support_cudnn(*args, reset_after=layer.cell.reset_after), layer.name
+            assert layer.use_cudnn in ("auto", True) and layer.recurrent_dropout == 0, layer.name
+        assert not any(getattr(layer, "mask_zero", False) for layer in model.layers), overrides
+
 # In a child process with an empty cache (NUMBA_CACHE_DIR): load the loops, say whether numba is
 # loaded, then run each loaded loop and numba's JIT of the same code on the same arrays.
 _LOAD_AND_COMPARE = """
