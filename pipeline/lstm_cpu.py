@@ -94,7 +94,8 @@ def _checked(loop, name: str):
 
 def _machine_key() -> str:
     """What the extension's code depends on: the loops' source, numba, Python, and this CPU (it is
-    compiled for this CPU's instructions, so a cache folder shared with another CPU must not load it)."""
+    compiled for this CPU's instructions, so a cache folder shared with another CPU must not load
+    it), with numba's settings that choose them (NUMBA_CPU_NAME, NUMBA_CPU_FEATURES)."""
     import hashlib
     import platform
     from importlib.metadata import version
@@ -104,7 +105,8 @@ def _machine_key() -> str:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             cpu = "".join(sorted({line for line in f if line.startswith(("model name", "flags"))}))
     parts = (Path(__file__).with_name("lstm_loops.py").read_bytes(), version("numba").encode(), sys.version.encode(),
-             platform.machine().encode(), cpu.encode(), repr(numba_signatures()).encode())
+             platform.machine().encode(), cpu.encode(), repr(numba_signatures()).encode(),
+             *(os.environ.get(k, "").encode() for k in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES")))
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
 
 

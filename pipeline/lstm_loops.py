@@ -181,9 +181,13 @@ def build_extension(folder: str, module: str, signatures: dict[str, str]) -> Non
     pycc, which needs a C compiler and Python's headers), for this machine's CPU, each with its
     decorator's options: pycc's own defaults would check every division for zero (4x slower gate
     loops), keep Python's lock while a loop runs (the batch parts' loops would take turns), and
-    reassociate no sum."""
+    reassociate no sum. The CPU's instruction sets are the ones numba's JIT uses (this machine's,
+    as LLVM reads them, or NUMBA_CPU_FEATURES): pycc takes them from the CPU's model name alone,
+    which is wrong on a virtual machine that turns some off (LLVM named an AMD EPYC with AVX-512
+    disabled `znver4`, and the loops died of an illegal instruction)."""
     import warnings
 
+    from numba.core import codegen
     from numba.core.cpu import FastMathOptions
 
     with warnings.catch_warnings():
@@ -200,6 +204,7 @@ def build_extension(folder: str, module: str, signatures: dict[str, str]) -> Non
         return plain(typingctx, targetctx, func, args, return_type, flags, locals=locals, library=library)
 
     compiler.compile_extra = compile_extra  # this child process's only compilation
+    codegen.AOTCPUCodegen._customize_tm_features = codegen.CPUCodegen._get_host_cpu_features
     cc = CC(module)
     cc.output_dir, cc.target_cpu, cc.verbose = folder, "host", False
     for name, signature in signatures.items():
