@@ -21,8 +21,8 @@ import numpy as np
 from omegaconf import DictConfig
 
 from pipeline import artifacts, config, tracking
-from pipeline import model as models
 from pipeline.config import temperatures
+from pipeline.machine import hide_unused_libraries
 from pipeline.sample import SampleError, encode_prompt
 from pipeline.vectorize import decode
 
@@ -48,6 +48,7 @@ def run(cfg, out=None) -> dict:
     """Generate `num_samples` texts at each temperature; print or write them. Each text has its
     own random generator, seeded from `seed` and its position, so streaming one text at a time
     and generating all of them in one batch give the same texts."""
+    from pipeline import model as models  # Keras: after main() hid what it need not load
     from pipeline.generator import for_model
 
     out = out or sys.stdout
@@ -99,6 +100,8 @@ def run(cfg, out=None) -> dict:
 def _main(raw: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from pipeline import model as models
+
     overrides = list(HydraConfig.get().overrides.task)
     try:
         run(config.validate_generate(raw, config._source(overrides, "conf/generate.yaml")))
@@ -107,6 +110,7 @@ def _main(raw: DictConfig) -> None:
 
 
 def main() -> None:
+    hide_unused_libraries()
     _main()
 
 
