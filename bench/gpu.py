@@ -9,8 +9,9 @@ dropout (this script counts the kernel calls to show it).
     python bench/gpu.py record DIR OUT...              # here again: into bench/gpu.json and bench/quality.json
 
 `prepare` runs the real fetch and vectorize stages (needs $GENLAB_DATA_DIR) for Nietzsche and
-tiny-shakespeare. `run` needs Keras, numpy, Hydra and OmegaConf (carried as wheels, with namex, optree and antlr4-python3-runtime) and the
-repository on PYTHONPATH (it is not installed there), and measures:
+tiny-shakespeare. `run` needs Keras, numpy, Hydra and OmegaConf (carried as wheels, with namex,
+optree and antlr4-python3-runtime) and the repository on PYTHONPATH (it is not installed there),
+and measures:
 1. which kernel each model family's recurrent layers take (cuDNN or Keras's generic loop);
 2. the book's model (conf/ defaults) on full Nietzsche: one whole-epoch fit() at batch 128 and at
    1024, samples/s as the user waits, and the loss after it;
