@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from pathlib import Path
 
 
 def limit_threads(intra: int, inter: int) -> None:
@@ -51,6 +52,27 @@ def fused_lstm(setting, model: str, targets: str) -> bool:
     return not tf.config.list_physical_devices("GPU")
 
 
+DEVICES = Path("/dev")  # where an NVIDIA driver puts its GPUs' device files (nvidia0, nvidia1, ...)
+
+
+def gpu_likely() -> bool:
+    """Whether TensorFlow will probably see a GPU, known without importing it: an NVIDIA device file
+    that CUDA_VISIBLE_DEVICES does not hide. TensorFlow has the last word (`fused_lstm`)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return any(DEVICES.glob("nvidia[0-9]*"))
+
+
+def build_loops_first(setting, model: str, targets: str) -> bool:
+    """Whether the train stage should have the fused loops compiled before it imports TensorFlow
+    (`pipeline.lstm_cpu.compile_apart`): when it `might_fuse`, except with "auto" where a GPU is
+    likely, since TensorFlow would then turn the loops off (the first run on a GPU machine would
+    build them for nothing, about 20 s). If TensorFlow sees no GPU after all, they are built when
+    loaded, after its import."""
+    return might_fuse(setting, model, targets) and not (setting == "auto" and gpu_likely())
+
+
 def might_fuse(setting, model: str, targets: str) -> bool:
     """`fused_lstm`'s answer as far as it is known without TensorFlow, which alone can say whether
     there is a GPU (where "auto" turns a yes into a no)."""
@@ -77,7 +99,7 @@ def prepare_fused_lstm(setting, model: str, targets: str, parts: int, threads: i
     """`fused_lstm(setting, model, targets)`, and if yes, what the fused loops need before training:
     one BLAS thread per product when there are batch parts (`threads` otherwise), and the loops
     loaded (`pipeline.lstm_cpu.load_compiled`, which compiles them in a child process if no one
-    has yet: better before TensorFlow's import, with `lstm_cpu.compile_apart` when `might_fuse`)."""
+    has yet: better before TensorFlow's import, with `lstm_cpu.compile_apart` when `build_loops_first`)."""
     fused = fused_lstm(setting, model, targets)
     if fused:
         limit_blas(1 if parts > 1 else threads)

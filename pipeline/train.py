@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from pipeline import artifacts, callbacks, config, lstm_cpu, tracking
 from pipeline.callbacks import TrainError
-from pipeline.machine import (batch_parts, hide_unused_libraries, might_fuse, peak_rss_mib, prepare_fused_lstm,
+from pipeline.machine import (batch_parts, build_loops_first, hide_unused_libraries, peak_rss_mib, prepare_fused_lstm,
                               release_free_memory, set_threads)
 from pipeline.vectorize import make_dataset
 
@@ -93,7 +93,7 @@ def log_reused(cfg, result: dict) -> None:
 
 def run(cfg) -> dict:
     t = cfg.train
-    if might_fuse(t.fused_lstm, cfg.model.name, t.targets):
+    if build_loops_first(t.fused_lstm, cfg.model.name, t.targets):
         # Before TensorFlow's import: a child process compiling the loops (the first time on a
         # machine) and this process never hold their memory at once.
         lstm_cpu.compile_apart()

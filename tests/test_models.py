@@ -325,6 +325,27 @@ def test_with_a_gpu_auto_leaves_the_model_whole_for_cudnn(monkeypatch):
     assert batch_parts(2, None, 128) == 2 and fused_lstm(True, "lstm", "last")  # what a user asks for stands
 
 
+
+def test_a_gpu_machine_does_not_build_the_loops_before_tensorflow_decides(monkeypatch, tmp_path):
+    """An NVIDIA device file that CUDA_VISIBLE_DEVICES does not hide makes a GPU likely: `auto`
+    then skips the build before TensorFlow's import (TensorFlow would turn the loops off); a
+    setting of true still builds first, and without a GPU `auto` does."""
+    from pipeline import machine
+
+    monkeypatch.setattr(machine, "DEVICES", tmp_path)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    (tmp_path / "nvidiactl").touch()  # the driver's control file alone is no GPU
+    assert not machine.gpu_likely() and machine.build_loops_first("auto", "lstm", "last")
+    (tmp_path / "nvidia0").touch()
+    assert machine.gpu_likely() and not machine.build_loops_first("auto", "lstm", "last")
+    assert machine.build_loops_first(True, "lstm", "last") and not machine.build_loops_first(False, "lstm", "last")
+    for hidden in ("", "-1"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert not machine.gpu_likely() and machine.build_loops_first("auto", "lstm", "last")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert machine.gpu_likely()
+    assert not machine.build_loops_first("auto", "gru", "last")  # no fused loops for other families anyway
+
 @pytest.mark.parametrize("overrides", [["model=lstm"], ["model=stacked_lstm"], ["model=gru"], ["experiment=quality"],
                                        ["experiment=quality_tinyshakespeare"], ["model=gru", "model.embedding=null"]])
 def test_every_recurrent_layer_conf_builds_qualifies_for_cudnn(overrides):
