@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+DEVICES = Path("/dev")  # where an NVIDIA driver puts its GPUs' device files (nvidia0, nvidia1, ...)
+
 
 def limit_threads(intra: int, inter: int) -> None:
     """At most `intra` TensorFlow threads per op and `inter` ops at once: parallel jobs sharing a
@@ -52,7 +54,14 @@ def fused_lstm(setting, model: str, targets: str) -> bool:
     return not tf.config.list_physical_devices("GPU")
 
 
-DEVICES = Path("/dev")  # where an NVIDIA driver puts its GPUs' device files (nvidia0, nvidia1, ...)
+def might_fuse(setting, model: str, targets: str) -> bool:
+    """`fused_lstm`'s answer as far as it is known without TensorFlow, which alone can say whether
+    there is a GPU (where "auto" turns a yes into a no)."""
+    if setting != "auto":
+        return bool(setting)
+    import importlib.util
+
+    return model == "lstm" and targets == "last" and importlib.util.find_spec("numba") is not None
 
 
 def gpu_likely() -> bool:
@@ -71,16 +80,6 @@ def build_loops_first(setting, model: str, targets: str) -> bool:
     build them for nothing, about 20 s). If TensorFlow sees no GPU after all, they are built when
     loaded, after its import."""
     return might_fuse(setting, model, targets) and not (setting == "auto" and gpu_likely())
-
-
-def might_fuse(setting, model: str, targets: str) -> bool:
-    """`fused_lstm`'s answer as far as it is known without TensorFlow, which alone can say whether
-    there is a GPU (where "auto" turns a yes into a no)."""
-    if setting != "auto":
-        return bool(setting)
-    import importlib.util
-
-    return model == "lstm" and targets == "last" and importlib.util.find_spec("numba") is not None
 
 
 def limit_blas(threads: int | None) -> None:
@@ -125,7 +124,7 @@ def hide_unused_libraries() -> None:
     optional estimator wrappers: about 60 MB of RSS and half a second of start-up. pandas
     (imported by MLflow and TensorFlow) loads pyarrow if it is installed, for data formats no stage
     reads or writes: 34 MB. Both check for them and carry on. The sample stage peaked at 960.1 MiB
-    with them and 855.2 without (the default model, `time -v`)."""
+    with them and 857.3 without (the default model, `time -v`)."""
     sys.modules.setdefault("sklearn", None)
     sys.modules.setdefault("pyarrow", None)
 

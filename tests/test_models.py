@@ -310,7 +310,6 @@ def test_fused_lstm_auto_is_the_book_model_without_a_gpu():
     assert fused_lstm(True, "lstm", "last") and not fused_lstm(False, "lstm", "last")
 
 
-
 def test_with_a_gpu_auto_leaves_the_model_whole_for_cudnn(monkeypatch):
     """Where TensorFlow sees a GPU, `auto` neither cuts batches into parts nor fuses the LSTM: the
     train stage then builds the family's plain Keras model, whose layers cuDNN can run."""
@@ -323,7 +322,6 @@ def test_with_a_gpu_auto_leaves_the_model_whole_for_cudnn(monkeypatch):
     assert batch_parts("auto", None, 128) == 1 and batch_parts("auto", 4, 128) == 1
     assert not fused_lstm("auto", "lstm", "last")
     assert batch_parts(2, None, 128) == 2 and fused_lstm(True, "lstm", "last")  # what a user asks for stands
-
 
 
 def test_a_gpu_machine_does_not_build_the_loops_before_tensorflow_decides(monkeypatch, tmp_path):
@@ -345,6 +343,7 @@ def test_a_gpu_machine_does_not_build_the_loops_before_tensorflow_decides(monkey
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     assert machine.gpu_likely()
     assert not machine.build_loops_first("auto", "gru", "last")  # no fused loops for other families anyway
+
 
 @pytest.mark.parametrize("overrides", [["model=lstm"], ["model=stacked_lstm"], ["model=gru"], ["experiment=quality"],
                                        ["experiment=quality_tinyshakespeare"], ["model=gru", "model.embedding=null"]])
@@ -374,6 +373,7 @@ def test_every_recurrent_layer_conf_builds_qualifies_for_cudnn(overrides):
                 assert tf_rnn._do_gru_arguments_support_cudnn(*args, reset_after=layer.cell.reset_after), layer.name
             assert layer.use_cudnn in ("auto", True) and layer.recurrent_dropout == 0, layer.name
         assert not any(getattr(layer, "mask_zero", False) for layer in model.layers), overrides
+
 
 # In a child process with an empty cache (NUMBA_CACHE_DIR): load the loops, say whether numba is
 # loaded, then run each loaded loop and numba's JIT of the same code on the same arrays.
