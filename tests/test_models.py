@@ -443,7 +443,9 @@ def test_without_a_compiler_the_loops_run_on_numbas_jit_compiled_apart(tmp_path)
     seen, err = _load_in_a_child(tmp_path, CC="false")
     assert "warning: the fused LSTM's loops could not be compiled ahead of time" in err
     assert seen["numba"][:1] == ["True"] and seen["jit"][:3] == ["1", "1", "1"] and seen["jit"][3:] == ["0", "0", "0"]
-    assert float(seen["differ"][0]) == 0.0  # the same functions
+    # The loops ran and computed something (their values against the extension's and Keras's are
+    # checked elsewhere: here `ours` and `theirs` are the same JIT functions, so "differ" says nothing).
+    assert float(seen["moved"][0]) > 0.01
     assert not list(tmp_path.glob("_lstm_cpu_loops*")) and not list(tmp_path.glob(".building-*"))
 
 
