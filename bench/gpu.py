@@ -185,7 +185,7 @@ def stage_loop(cfg, train: np.ndarray, val: np.ndarray, vocab: list[str], second
     import keras
     from omegaconf import OmegaConf
 
-    from pipeline.generator import for_model
+    from pipeline.generator import for_model, held_out_prompt
     from pipeline.model import build
     from pipeline.vectorize import decode, window_starts
 
@@ -223,8 +223,7 @@ def stage_loop(cfg, train: np.ndarray, val: np.ndarray, vocab: list[str], second
                 wait = 0
         if epoch_samples:
             t1 = time.perf_counter()
-            begin = int(rng.integers(0, len(val) - maxlen))
-            out = for_model(exported, maxlen).generate(val[begin:begin + maxlen].astype(np.int64), temps,
+            out = for_model(exported, maxlen).generate(held_out_prompt(val, maxlen, rng), temps,
                                                       t.epoch_samples.length, rng, mode=t.epoch_samples.mode)
             history[-1].update(samples_seconds=time.perf_counter() - t1, sample=decode(out[len(temps) // 2][:60], vocab))
         history[-1]["seconds"] = time.perf_counter() - t0  # the epoch: fit, val_loss, samples
@@ -285,7 +284,7 @@ def default_pipeline(folder: Path, raw: Path | None, overrides: tuple[str, ...] 
 
     from pipeline import config, fetch, sample_metrics, vectorize
     from pipeline.config import temperatures
-    from pipeline.generator import for_model
+    from pipeline.generator import for_model, held_out_prompt
     from pipeline.vectorize import decode
 
     seconds: dict = {}
@@ -314,18 +313,15 @@ def default_pipeline(folder: Path, raw: Path | None, overrides: tuple[str, ...] 
         model = keras.saving.load_model(Path(tmp) / "model.keras", safe_mode=True)
         model.compile(loss="sparse_categorical_crossentropy")  # as the sample stage does, for its held-out loss
         rng = np.random.default_rng(cfg.seed)  # the sample stage's prompt and draws
-        begin = int(rng.integers(0, len(val) - maxlen))
-        prompt = val[begin:begin + maxlen].astype(np.int64)
+        prompt = held_out_prompt(val, maxlen, rng)
         temps = temperatures(s.temperature)
         generator = for_model(model, maxlen)
         t1 = time.perf_counter()
         out = generator.generate(prompt, temps, s.length, rng, mode=s.mode, greedy=s.greedy)
         generate_s = time.perf_counter() - t1
         val_loss = held_out(model, val, maxlen, cfg.vectorize.val_step or cfg.vectorize.step, batch=512)
-        train_text = decode(train, vocab)
-        words = set(sample_metrics.words(train_text))
-        for ids in out:
-            sample_metrics.measure(generator, prompt, ids, decode(ids, vocab), train_text, words)
+        sample_metrics.measure_all(generator, prompt, {str(t): (ids, decode(ids, vocab)) for t, ids in zip(temps, out)},
+                                   decode(train, vocab))
         seconds["sample"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
     history = [{k: r[k] for k in ("epoch", "loss", "val_loss", "lr", "fit_seconds", "samples_seconds", "seconds")}

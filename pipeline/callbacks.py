@@ -36,7 +36,7 @@ def epoch_end(t, vocab, val_ids, maxlen, state, checkpoints: Path | None):
     import mlflow
 
     from pipeline import checkpoint
-    from pipeline.generator import for_model
+    from pipeline.generator import for_model, held_out_prompt
     from pipeline.model import unwrap
 
     temps = [float(x) for x in t.epoch_samples.temperatures]
@@ -102,8 +102,7 @@ def epoch_end(t, vocab, val_ids, maxlen, state, checkpoints: Path | None):
                         state["wait"] = 0
                         print(f"train: val_loss has not improved for {t.plateau.patience} epochs; learning rate now {lr:.3g}", flush=True)
 
-            start = int(rng.integers(0, len(val_ids) - maxlen))
-            prompt = val_ids[start:start + maxlen]
+            prompt = held_out_prompt(val_ids, maxlen, rng)
             out = for_model(unwrap(self.model), maxlen).generate(prompt, temps, t.epoch_samples.length, rng, mode=t.epoch_samples.mode)
             seed_text = decode(prompt, vocab)
             for temp, ids in zip(temps, out, strict=True):

@@ -68,6 +68,13 @@ def sample_next(probs, temperature, rng: np.random.Generator | Sequence[np.rando
     return idx if np.ndim(probs) > 1 else idx[0]
 
 
+def held_out_prompt(val_ids: np.ndarray, maxlen: int, rng: np.random.Generator) -> np.ndarray:
+    """The stages' default prompt (the sample stage's and each epoch's samples): `maxlen` ids from a
+    place of the held-out text that `rng` draws, the generator that then draws the characters."""
+    start = int(rng.integers(0, len(val_ids) - maxlen))
+    return np.asarray(val_ids[start:start + maxlen], dtype=np.int64)
+
+
 def sample_logits(logits, temperature, rng) -> np.ndarray:
     """`sample_next(softmax(logits), ...)` for a model's logits (batch, V), without the softmax:
     the same draw from one uniform per row, cheaper on the generation hot path. Non-finite logits

@@ -47,7 +47,7 @@ def encode_prompt(prompt: str, vocab: list[str], lowercase: bool, key: str = "sa
 
 def run(cfg) -> dict:
     from pipeline import model as models
-    from pipeline.generator import for_model
+    from pipeline.generator import for_model, held_out_prompt
 
     s = cfg.sample
     tracking.connect(tracking.resolve_uri(cfg.mlflow.tracking_uri), cfg.mlflow.experiment)  # fail fast
@@ -63,10 +63,9 @@ def run(cfg) -> dict:
     for folder in (Path(cfg.paths.samples).parent, Path(cfg.paths.metrics)):
         artifacts.ensure_writable(folder)
     rng = np.random.default_rng(cfg.seed)
+    val_ids = np.load(Path(cfg.paths.prepared) / "val.npy")  # the default prompt's text, and the held-out loss's
     if s.prompt is None:
-        val_ids = np.load(Path(cfg.paths.prepared) / "val.npy")
-        start = int(rng.integers(0, len(val_ids) - maxlen))
-        prompt_ids = val_ids[start:start + maxlen].astype(np.int64)
+        prompt_ids = held_out_prompt(val_ids, maxlen, rng)
     else:
         prompt_ids = encode_prompt(s.prompt, vocab, meta["lowercase"], "sample.prompt", s.unknown_chars, s.replacement)
     temps = temperatures(s.temperature)
@@ -78,12 +77,10 @@ def run(cfg) -> dict:
     out = generator.generate(prompt_ids, temps, s.length, rng, mode=s.mode, greedy=s.greedy, progress=True)
     seconds = time.perf_counter() - started
 
-    val_loss = held_out_loss(model, np.load(Path(cfg.paths.prepared) / "val.npy"), maxlen,
-                             cfg.vectorize.val_step or cfg.vectorize.step)
+    val_loss = held_out_loss(model, val_ids, maxlen, cfg.vectorize.val_step or cfg.vectorize.step)
     train_text = decode(np.load(Path(cfg.paths.prepared) / "train.npy"), vocab)
-    corpus_words = set(sample_metrics.words(train_text))
-    measured = {str(t): sample_metrics.measure(generator, prompt_ids, ids, decode(ids, vocab), train_text, corpus_words)
-                for t, ids in zip(temps, out, strict=True)}
+    measured = sample_metrics.measure_all(generator, prompt_ids, {str(t): (ids, decode(ids, vocab))
+                                                                  for t, ids in zip(temps, out, strict=True)}, train_text)
 
     prompt = decode(prompt_ids, vocab)
     samples_dir = Path(cfg.paths.samples)

@@ -67,3 +67,10 @@ def measure(generator, context_ids, sample_ids, sample: str, corpus: str, corpus
             "word_in_corpus": word_in_corpus(sample, corpus_words),
             **{f"distinct_{n}": distinct_n(sample, n) for n in range(1, 5)},
             "longest_copy": longest_copy(sample, corpus)}
+
+
+def measure_all(generator, context_ids, samples: dict, corpus: str) -> dict:
+    """`measure` for each of `samples` ({name: (ids, text)}), all after the same context, against
+    the training text `corpus` (its words gathered once)."""
+    corpus_words = set(words(corpus))
+    return {name: measure(generator, context_ids, ids, text, corpus, corpus_words) for name, (ids, text) in samples.items()}
