@@ -2,7 +2,9 @@
 
 A stage's key is the sha256 of what decides its outputs, read from dvc.yaml so that it is the same
 list DVC uses: the values of the stage's `params`, the contents of its code `deps` (pipeline/*.py
-and the pipeline/model/ package), and the keys of the stages upstream of it. Its outputs (dvc.yaml `outs`, `metrics` and `plots`)
+and the pipeline/model/ package), the contents of its other `deps` that no stage writes (a user's
+own corpus file: edited in place, it must not be served from the cache), and the keys of the
+stages upstream of it (which stand for the deps they write). Its outputs (dvc.yaml `outs`, `metrics` and `plots`)
 and its result are stored under <cache.dir>/<stage>/<key>/; a job whose stage has a stored key
 copies them into its folder instead of running the stage. An exclusive lock per key makes two jobs
 that want the same result at once compute it once: the second waits, then reuses it. An entry is
@@ -54,15 +56,33 @@ def _code_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def key(name: str, spec: dict, cfg, upstream: list[str]) -> str:
+def _file_hash(path: Path) -> str | None:
+    """An input's content (None if it is missing: the stage itself then says so)."""
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def key(name: str, spec: dict, cfg, upstream: list[str], produced: frozenset[Path] = frozenset()) -> str:
+    """`produced`: the paths the stages write (`outputs` of each); a dep among them is covered by
+    its stage's key in `upstream`, any other non-code dep by its content."""
     params = {}
     for p in _names(spec.get("params")):
         value = OmegaConf.select(cfg, p, throw_on_missing=True)
         params[p] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-    code = {d: _code_hash(ROOT / d) for d in _names(spec.get("deps")) if d.startswith("pipeline/")}
+    code, inputs = {}, {}
+    for d in _names(spec.get("deps")):
+        if d.startswith("pipeline/"):
+            code[d] = _code_hash(ROOT / d)
+        elif (path := Path(_interpolate(d, cfg))) not in produced:
+            inputs[str(path)] = _file_hash(ROOT / path.expanduser())  # dvc.yaml's paths are the project's
     outs = [str(p) for p in outputs(spec, cfg)]
-    payload = json.dumps({"stage": name, "params": params, "code": code, "upstream": upstream, "outs": outs},
-                         sort_keys=True)
+    payload = json.dumps({"stage": name, "params": params, "code": code, "inputs": inputs, "upstream": upstream,
+                          "outs": outs}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
@@ -77,8 +97,10 @@ def _copy(src: Path, dst: Path) -> None:
 
 def run(name: str, stage: Callable, cfg, upstream: list[str], store: Path) -> tuple[dict, str, str]:
     """Run `stage(cfg)` or reuse its stored result. Returns (result, "ran" or "reused", key)."""
-    spec = stages()[name]
-    k = key(name, spec, cfg, upstream)
+    every = stages()
+    spec = every[name]
+    produced = frozenset(p for s in every.values() for p in outputs(s, cfg))
+    k = key(name, spec, cfg, upstream, produced)
     entry, outs = store / name / k, outputs(spec, cfg)
     entry.parent.mkdir(parents=True, exist_ok=True)
     with open(entry.parent / f"{k}.lock", "w") as lock:

@@ -33,6 +33,7 @@ class Corpus:
     url: Optional[str] = MISSING
     sha256: Optional[str] = MISSING
     path: Optional[str] = MISSING
+    source: str = MISSING  # the local file the fetch stage depends on (dvc.yaml): `path`, or the corpus's conf file
     lowercase: bool = MISSING  # how the corpus is meant to be read; vectorize.lowercase defaults to it
 
 

@@ -67,3 +67,34 @@ def trained(tmp_path_factory, data_dir):
 def tiny(tmp_path: Path, *overrides: str):
     """The real conf/ with experiment=tiny and a tracking store under tmp_path."""
     return config.compose(["experiment=tiny", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", *overrides])
+
+
+# Put on PYTHONPATH (with GENLAB_TEST_STALL_AFTER_EPOCH=<n>), this makes every Python process the test
+# starts stop right after writing the checkpoint of epoch n, until it is killed: a kill test then
+# kills at a known point, however slow or loaded the machine, instead of racing the training.
+_STALL = """
+import os
+if os.environ.get("GENLAB_TEST_STALL_AFTER_EPOCH"):
+    import time
+    from pipeline import checkpoint
+
+    _save = checkpoint.save
+
+    def save(folder, epoch, *args, **kwargs):
+        _save(folder, epoch, *args, **kwargs)
+        if epoch == int(os.environ["GENLAB_TEST_STALL_AFTER_EPOCH"]):
+            time.sleep(3600)
+
+    checkpoint.save = save
+"""
+
+
+@pytest.fixture
+def stall_after_epoch(tmp_path):
+    """The environment variables that make the processes a test starts stop after epoch n's
+    checkpoint (a function of n), through a sitecustomize module under tmp_path."""
+    hook = tmp_path / "stall_hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_STALL, encoding="utf-8")
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
+    return lambda n: {"PYTHONPATH": path, "GENLAB_TEST_STALL_AFTER_EPOCH": str(n)}

@@ -58,14 +58,29 @@ def test_repro_runs_what_changed_and_nothing_else(repo):
     assert repro(repo, "sample.temperature=0.7", "vectorize.maxlen=16") == []
 
 
-def test_dvc_repro_after_a_kill_resumes_training(repo):
+def test_an_edited_custom_corpus_is_fetched_again(repo, tmp_path_factory):
+    """corpus=custom: the fetch stage depends on the user's file (outside the repository here), so
+    editing it in place re-runs fetch, and an unchanged file runs nothing."""
+    path, env = repo
+    own = tmp_path_factory.mktemp("elsewhere") / "my text.txt"
+    own.write_text("a first version of my own text\n" * 20, encoding="utf-8")
+    config.write_params(["experiment=tiny", "corpus=custom", f"corpus.path={own}"], path / "params.yaml")
+    fetch = [sys.executable, "-m", "dvc", "repro", "fetch"]
+    assert _ran(_sh(fetch, path, env)) == ["fetch"]
+    assert _ran(_sh(fetch, path, env)) == []
+    own.write_text("the second version, edited in place\n" * 20, encoding="utf-8")
+    assert _ran(_sh(fetch, path, env)) == ["fetch"]
+    assert (path / "data/raw/custom.txt").read_text(encoding="utf-8") == own.read_text(encoding="utf-8")
+
+
+def test_dvc_repro_after_a_kill_resumes_training(repo, stall_after_epoch):
     """SIGKILL the whole `dvc repro` (DVC and the train stage) mid-training; the next repro resumes."""
     import signal
     import time
 
     path, env = repo
     config.write_params(["experiment=tiny", "vectorize.max_chars=60000", "train.epochs=5"], path / "params.yaml")
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=path, env=env, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=path, env={**env, **stall_after_epoch(2)}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     latest, deadline = path / "checkpoints" / "latest", time.time() + 600
     while not (latest.exists() and latest.read_text().strip() >= "epoch_0002"):
@@ -77,7 +92,7 @@ def test_dvc_repro_after_a_kill_resumes_training(repo):
 
     out = _sh([sys.executable, "-m", "dvc", "repro"], path, env)
     assert _ran(out) == ["train", "sample"]  # fetch and vectorize had finished
-    assert "train: resuming after epoch" in out
+    assert "train: resuming after epoch 2 " in out  # killed where it waited after epoch 2
     assert (path / "metrics" / "history.csv").read_text().count("\n") == 6
     assert not (path / "checkpoints").exists()
 

@@ -120,39 +120,125 @@ def test_the_cache_key_follows_params_code_and_upstream(tmp_path):
     assert cache.key("sample", spec, OmegaConf.merge(cfg, {"paths": {"samples": "elsewhere"}}), ["a"]) != base
 
 
-def test_a_stage_that_fails_stores_nothing_and_concurrent_callers_compute_once(tmp_path, monkeypatch):
-    import threading
+def _changed(value):
+    """Another value of the same kind: what a user's override of that key would be."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, list):
+        return [*value, value[-1] if value else 1]
+    return "set" if value is None else None
 
+
+def _leaves(tree, prefix: str):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _leaves(v, f"{prefix}.{k}")
+    else:
+        yield prefix, tree
+
+
+def test_every_param_a_stage_declares_is_in_its_cache_key():
+    """For each stage of the real dvc.yaml, changing any value under any param it declares (seed
+    among them: a sweep over seeds must never reuse another seed's model) changes its key."""
+    from omegaconf import OmegaConf
+
+    from pipeline import config
+
+    base = OmegaConf.to_container(config.compose(["experiment=tiny", "model=stacked_lstm"]), resolve=True)
+    checked = set()
+    for name, spec in cache.stages().items():
+        key = cache.key(name, spec, OmegaConf.create(base), ["up"])
+        for param in cache._names(spec["params"]):
+            for leaf, value in _leaves(_select(base, param), param):
+                edited = OmegaConf.create(base)
+                OmegaConf.update(edited, leaf, _changed(value), force_add=True)
+                assert cache.key(name, spec, edited, ["up"]) != key, f"{name}: {leaf} is not in its key"
+                checked.add((name, leaf))
+    assert {("train", "seed"), ("sample", "seed"), ("train", "model.dropout"), ("vectorize", "vectorize.step"),
+            ("fetch", "corpus.sha256"), ("sample", "sample.temperature")} <= checked
+
+
+def _select(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
+def test_an_edited_corpus_file_is_fetched_again_not_served_from_the_cache(tmp_path, monkeypatch):
+    """corpus=custom: the user's file is the input they change most; the fetch stage's key follows
+    its content, so an edit in place re-runs fetch (and so everything after it)."""
+    from pipeline import config, fetch
+
+    monkeypatch.chdir(tmp_path)
+    own = tmp_path / "mine.txt"
+    own.write_text("first version of my text\n", encoding="utf-8")
+    cfg = config.compose(["experiment=tiny", "corpus=custom", f"corpus.path={own}"])
+    store = tmp_path / "store"
+    _, status, first = cache.run("fetch", fetch.run, cfg, [], store)
+    assert status == "ran"
+    assert cache.run("fetch", fetch.run, cfg, [], store)[1] == "reused"  # unchanged: reused
+    own.write_text("second version, edited in place\n", encoding="utf-8")
+    _, status, second = cache.run("fetch", fetch.run, cfg, [], store)
+    assert status == "ran" and second != first
+    assert (tmp_path / "data/raw/custom.txt").read_text(encoding="utf-8") == "second version, edited in place\n"
+
+
+def test_a_stage_that_fails_stores_nothing(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cache, "stages", lambda: {"make": {"params": ["n"], "outs": ["out.txt"]}})
-    cfg = OmegaConf.create({"n": 3})
-    calls = []
 
     def failing(c):
         (tmp_path / "out.txt").write_text("half")
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError):
-        cache.run("make", failing, cfg, [], tmp_path / "store")
+        cache.run("make", failing, OmegaConf.create({"n": 3}), [], tmp_path / "store")
     assert not [p for p in (tmp_path / "store/make").iterdir() if p.is_dir()]  # no entry, no staging folder
 
-    def slow(c):
-        calls.append(1)
-        threading.Event().wait(0.5)  # the second caller arrives while this one works
+
+def test_concurrent_callers_of_one_key_compute_it_once(tmp_path, monkeypatch):
+    """The second caller must be seen waiting on the lock while the first computes (the first does
+    not finish until it is), then reuse the first's result: the overlap is proven, not hoped for."""
+    import fcntl
+    import threading
+
+    from omegaconf import OmegaConf
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cache, "stages", lambda: {"make": {"params": ["n"], "outs": ["out.txt"]}})
+    waiting, calls, results = threading.Event(), [], []
+    real_flock = fcntl.flock
+
+    def flock(fd, op):
+        try:
+            real_flock(fd, op | fcntl.LOCK_NB)
+        except BlockingIOError:
+            waiting.set()  # this caller found the key locked: it now blocks until the holder is done
+            real_flock(fd, op)
+
+    monkeypatch.setattr(cache.fcntl, "flock", flock)
+
+    def stage(c):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            second.start()
+            assert waiting.wait(30), "the second caller never waited on the lock"
         (tmp_path / "out.txt").write_text(str(c.n * 2))
         return {"value": c.n * 2}
 
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(cache.run("make", slow, cfg, [], tmp_path / "store")))
-               for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(calls) == 1
-    assert sorted(status for _, status, _ in results) == ["ran", "reused"]
+    cfg = OmegaConf.create({"n": 3})
+    run = lambda: results.append(cache.run("make", stage, cfg, [], tmp_path / "store"))  # noqa: E731
+    second = threading.Thread(target=run, name="second")
+    run()  # the first caller, in this thread: it starts the second once it holds the lock
+    second.join(60)
+    assert waiting.is_set() and calls == ["MainThread"]
+    assert [status for _, status, _ in results] == ["ran", "reused"]
     assert all(result == {"value": 6} for result, _, _ in results)
     assert (tmp_path / "out.txt").read_text() == "6"
 
@@ -180,7 +266,7 @@ def test_nll_per_char_is_the_models_own_loss_on_each_window():
 
     from pipeline import sample_metrics as sm
     from pipeline.generator import Generator
-    from pipeline.model import build_lstm
+    from pipeline.model.lstm import build as build_lstm
 
     keras.utils.set_random_seed(5)
     model = build_lstm(7, 6)
