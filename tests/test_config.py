@@ -88,6 +88,62 @@ def test_bad_values_name_the_key(override, key):
         config.compose([override])
 
 
+# Every range-checked key at its boundary: the first value refused and the first accepted on each
+# side that has a bound. A check written with the wrong operator (> for >=, or a forgotten bound)
+# fails one of the two.
+BOUNDARIES = [  # (extra overrides, key, refused, accepted)
+    ([], "seed", -1, 0),
+    ([], "threads", 0, 1),
+    ([], "vectorize.maxlen", 0, 1),
+    ([], "vectorize.step", 0, 1),
+    ([], "vectorize.val_step", 0, 1),
+    ([], "vectorize.max_chars", 1, 2),
+    ([], "vectorize.val_fraction", 0, 0.001),
+    ([], "vectorize.val_fraction", 1.0, 0.999),
+    ([], "model.units", 0, 1),
+    (["model=stacked_lstm"], "model.layers", 0, 1),
+    (["model=stacked_lstm"], "model.dropout", -0.01, 0),
+    (["model=stacked_lstm"], "model.dropout", 1.0, 0.99),
+    (["model=gru"], "model.embedding", 0, 1),
+    (["model=conv1d"], "model.kernel_size", 1, 2),
+    (["model=conv1d"], "model.dilations", [0], [1]),
+    ([], "train.learning_rate", 0, 1e-9),
+    ([], "train.batch_size", 0, 1),
+    ([], "train.steps_per_execution", 0, 1),
+    ([], "train.batch_parts", 0, 1),
+    ([], "train.epochs", 0, 1),
+    ([], "train.time_limit", 0, 0.001),
+    ([], "train.shuffle_buffer", -1, 0),
+    ([], "train.clipnorm", 0, 1e-6),
+    ([], "train.plateau.factor", 0, 0.01),
+    ([], "train.plateau.factor", 1.0, 0.99),
+    ([], "train.plateau.patience", 0, 1),
+    ([], "train.plateau.min_lr", 0, 1e-9),
+    ([], "train.divergence.max_ratio", 1.0, 1.01),
+    ([], "train.divergence.max_rollbacks", -1, 0),
+    ([], "train.epoch_samples.length", 0, 1),
+    ([], "train.epoch_samples.temperatures", [0.0], [0.01]),
+    ([], "sample.length", 0, 1),
+    ([], "sample.temperature", 0, 0.01),
+    ([], "fetch.timeout", 0, 0.1),
+]
+
+
+@pytest.mark.parametrize("extra, key, refused, accepted", BOUNDARIES, ids=lambda v: str(v))
+def test_every_range_check_holds_at_its_boundary(extra, key, refused, accepted):
+    with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")):
+        config.compose([*extra, f"{key}={refused}"])
+    value = OmegaConf.select(config.compose([*extra, f"{key}={accepted}"]), key)
+    assert (OmegaConf.to_container(value) if OmegaConf.is_config(value) else value) == accepted
+
+
+@pytest.mark.parametrize("key, refused, accepted", [("length", 0, 1), ("num_samples", 0, 1), ("seed", -1, 0)])
+def test_the_generate_commands_range_checks_hold_at_their_boundary(key, refused, accepted):
+    with pytest.raises(config.ConfigError, match=key):
+        config.compose_generate([f"{key}={refused}"])
+    assert config.compose_generate([f"{key}={accepted}"])[key] == accepted
+
+
 @pytest.mark.parametrize("overrides", [["train.fused_lstm=true", "model=gru"], ["train.fused_lstm=true", "train.targets=all"]])
 def test_fused_lstm_true_needs_the_book_model(overrides):
     with pytest.raises(config.ConfigError, match=r"train\.fused_lstm true runs the book's model only"):
