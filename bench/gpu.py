@@ -141,11 +141,9 @@ def throughput(folder: Path, batch: int, counts: Counter) -> dict:
 
     from pipeline import config
     from pipeline.model import build
-    from pipeline.vectorize import make_windows
-
     cfg = config.compose([f"train.batch_size={batch}"])
     train, _, vocab = _load(folder / "nietzsche")
-    x, y = make_windows(train, cfg.vectorize.maxlen, cfg.vectorize.step)
+    x, y = windows(train, cfg.vectorize.maxlen, cfg.vectorize.step)
     order = np.random.default_rng([cfg.seed, 0]).permutation(len(x))  # the train stage's epoch-0 order
     x, y = x[order], y[order]
 
@@ -165,11 +163,19 @@ def throughput(folder: Path, batch: int, counts: Counter) -> dict:
             "loss": history.history["loss"][-1], "kernel_calls": dict(counts)}
 
 
+def windows(ids: np.ndarray, maxlen: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """The book's (window, next character) pairs as arrays, for fit() from numpy on a machine
+    without TensorFlow (whose tf.data `make_dataset` needs): the train stage's window starts,
+    gathered here."""
+    from pipeline.vectorize import window_starts
+
+    starts = window_starts(len(ids), maxlen, step, None, 0, 0)
+    return ids[starts[:, None] + np.arange(maxlen)], ids[starts + maxlen]
+
+
 def held_out(model, val: np.ndarray, maxlen: int, step: int, batch: int = 1024) -> float:
     """The train stage's val_loss: the loss of the next character after each held-out window."""
-    from pipeline.vectorize import make_windows
-
-    x, y = make_windows(val, maxlen, step)
+    x, y = windows(val, maxlen, step)
     return float(model.evaluate(x, y, batch_size=batch, verbose=0))
 
 

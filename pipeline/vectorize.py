@@ -49,13 +49,6 @@ def count_windows(n_chars: int, maxlen: int, step: int) -> int:
     return len(range(0, n_chars - maxlen, step))
 
 
-def make_windows(ids: np.ndarray, maxlen: int, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """The book's windows, materialised (for tests and small data; training gathers them per batch):
-    sample i is ids[i*step : i*step+maxlen], its target ids[i*step+maxlen]."""
-    starts = np.arange(count_windows(len(ids), maxlen, step)) * step
-    return ids[starts[:, None] + np.arange(maxlen)], ids[starts + maxlen]
-
-
 def window_starts(n_chars: int, maxlen: int, step: int, shuffle: int | None, seed: int, epoch: int) -> np.ndarray:
     """Where the windows of `epoch` start, in the order training reads them: every `step` characters,
     permuted by (seed, epoch) when `shuffle` is 0 (all windows); a buffer (shuffle > 0) is applied

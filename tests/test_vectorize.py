@@ -17,15 +17,39 @@ def test_book_figures_on_full_nietzsche(data_dir):
     assert len(range(0, len(text) - 60, 3)) == 200278  # the book's own loop
 
 
-def test_windows_are_the_books_slices():
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, 30, size=517).astype(np.uint8)
-    for maxlen, step in [(60, 3), (7, 1), (10, 4), (516, 1)]:
-        x, y = vectorize.make_windows(ids, maxlen, step)
-        starts = list(range(0, len(ids) - maxlen, step))
-        assert x.shape == (len(starts), maxlen) and y.shape == (len(starts),)
-        for i, s in enumerate(starts):
-            assert np.array_equal(x[i], ids[s:s + maxlen]) and y[i] == ids[s + maxlen]
+def _pairs(ids, maxlen, step, shuffle, targets="last", batch_size=7):
+    """Every (window, target) pair the training input pipeline gives, in the order it gives them."""
+    ds = vectorize.make_dataset(ids, maxlen, step, batch_size, shuffle, 5, 0, targets)
+    return [(x.tolist(), y.tolist() if targets == "all" else int(y)) for xb, yb in ds.as_numpy_iterator()
+            for x, y in zip(xb, yb)]
+
+
+def test_training_windows_are_the_books_slices_of_the_text():
+    """The book's loop, `for i in range(0, len(text) - maxlen, step)`: sentence text[i:i+maxlen],
+    next_char text[i+maxlen]. The training pipeline must give exactly those pairs, in that order
+    unshuffled, as the same set shuffled; with targets=all, the window shifted by one."""
+    text = "the quick brown fox jumps over the lazy dog; it was not amused.\n" * 3
+    vocab = vectorize.build_vocab(text)
+    ids = vectorize.encode(text, vocab)
+    for maxlen, step in [(10, 3), (7, 1), (12, 4), (len(text) - 1, 1)]:
+        book = [(text[i:i + maxlen], text[i + maxlen]) for i in range(0, len(text) - maxlen, step)]
+        got = [(vectorize.decode(x, vocab), vocab[y]) for x, y in _pairs(ids, maxlen, step, None)]
+        assert got == book, (maxlen, step)
+        shuffled = [(vectorize.decode(x, vocab), vocab[y]) for x, y in _pairs(ids, maxlen, step, 0)]
+        assert sorted(shuffled) == sorted(book) and (len(book) < 3 or shuffled != book)
+        shifted = [(vectorize.decode(x, vocab), vectorize.decode(y, vocab)) for x, y in _pairs(ids, maxlen, step, None, "all")]
+        assert shifted == [(text[i:i + maxlen], text[i + 1:i + maxlen + 1]) for i in range(0, len(text) - maxlen, step)]
+
+
+def test_a_shuffle_buffer_keeps_each_window_with_its_own_target():
+    """Positions as ids (each id names where it stands), so a pair can be checked wherever the
+    shuffle put it: the window starts on a multiple of step, and its target follows it."""
+    ids = np.arange(230, dtype=np.uint8)
+    pairs = _pairs(ids, 20, 3, 50)
+    starts = [x[0] for x, _ in pairs]
+    assert sorted(starts) == list(range(0, 230 - 20, 3)) and starts != sorted(starts)
+    for x, y in pairs:
+        assert x == list(range(x[0], x[0] + 20)) and y == x[0] + 20
 
 
 def test_encode_decode_round_trip_and_dtypes():
