@@ -299,11 +299,6 @@ class Generator(Sampler):
     def logits(self, h: np.ndarray) -> np.ndarray:
         return h @ self.dense_w + self.dense_b
 
-    def probs(self, h: np.ndarray) -> np.ndarray:
-        logits = self.logits(h)
-        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return e / e.sum(axis=-1, keepdims=True)
-
     def run(self, windows: np.ndarray, state=None):
         """Feed (batch, time) ids from `state` (zero by default); return the last output and state."""
         state = state if state is not None else self.zero_state(len(windows))

@@ -26,8 +26,8 @@ from omegaconf import OmegaConf
 
 from pipeline import artifacts, callbacks, config, lstm_cpu, tracking
 from pipeline.callbacks import TrainError
-from pipeline.machine import (batch_parts, build_loops_first, hide_unused_libraries, peak_rss_mib, prepare_fused_lstm,
-                              release_free_memory, set_threads)
+from pipeline.machine import (batch_parts, build_loops_first, peak_rss_mib, prepare_fused_lstm, release_free_memory,
+                              set_threads)
 from pipeline.vectorize import make_dataset
 
 DATA_FILES = ("train.npy", "val.npy", "vocab.json")
@@ -102,7 +102,7 @@ def run(cfg) -> dict:
     import tensorflow as tf
 
     from pipeline import checkpoint, pyfunc  # pyfunc imports MLflow: after main() hid what it need not load
-    from pipeline.model import Parallel, build as build_model
+    from pipeline.model import Parallel, build as build_model, why_not_fusable
 
     prepared, models_dir, metrics_dir = Path(cfg.paths.prepared), Path(cfg.paths.models), Path(cfg.paths.metrics)
     vocab = json.loads((prepared / "vocab.json").read_text(encoding="utf-8"))
@@ -129,7 +129,13 @@ def run(cfg) -> dict:
     keys, sequence = OmegaConf.to_container(cfg.model), t.targets == "all"
 
     def build():
+        nonlocal fused
         m = build_model(len(vocab), sequence=sequence, **keys)
+        if fused and (reason := why_not_fusable(m)):
+            if t.fused_lstm != "auto":
+                raise TrainError(f"train.fused_lstm=true: {reason}; set train.fused_lstm to auto or false")
+            print(f"train: fused_lstm auto: {reason}; training with Keras's LSTM", flush=True)
+            fused = False
         m = Parallel(m, parts, fused) if parts > 1 or fused else m
         m.compile(optimizer=make_optimizer(t.optimizer, t.learning_rate, t.clipnorm), loss="sparse_categorical_crossentropy",
                   steps_per_execution=t.steps_per_execution)
@@ -222,7 +228,6 @@ def run(cfg) -> dict:
 
 
 def main() -> None:
-    hide_unused_libraries()
     try:
         run(config.load())
     except (config.ConfigError, tracking.TrackingError, TrainError, OSError) as e:

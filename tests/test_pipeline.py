@@ -119,7 +119,7 @@ def test_steps_per_execution_changes_speed_not_the_weights():
     import keras
     import numpy as np
 
-    from pipeline.model import build_lstm
+    from pipeline.model.lstm import build as build_lstm
     from pipeline.train import make_dataset, make_optimizer
 
     ids = np.random.default_rng(0).integers(0, 11, 3000).astype(np.int32)  # 994 windows: 16 batches of 64, the last partial
@@ -136,28 +136,3 @@ def test_steps_per_execution_changes_speed_not_the_weights():
     for a, b in zip(w1, w5):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert not np.allclose(w1[1], build_lstm(11, 8).get_weights()[1])  # it did train
-
-
-# In a child process: the command's work replaced by importing what the stages import (Keras,
-# MLflow, pandas), then its main(); say which of the two unused libraries got loaded.
-_HIDDEN = """
-import sys
-import importlib
-module = importlib.import_module(sys.argv[1])
-def work(*args, **kwargs):
-    import keras, mlflow, pandas
-setattr(module, sys.argv[2], work)
-module.main()
-print("keras" in sys.modules, *(sys.modules.get(name) is not None for name in ("sklearn", "pyarrow")))
-"""
-
-
-@pytest.mark.parametrize("module, work", [("pipeline.train", "run"), ("pipeline.sample", "run"),
-                                          ("pipeline.generate", "_main"), ("pipeline.__main__", "job")])
-def test_every_command_keeps_scikit_learn_and_pyarrow_out(module, work):
-    """Keras would load scikit-learn and pandas pyarrow (about 90 MB together, measured in
-    `python -m pipeline.generate` and `python -m pipeline`), for features no command uses: each
-    command's main() keeps them out before its work imports Keras or MLflow."""
-    out = subprocess.run([sys.executable, "-c", _HIDDEN, module, work], cwd=REPO, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["True", "False", "False"]

@@ -37,14 +37,14 @@ def _prepare(folder, data_dir, overrides):
     return cfg
 
 
-def _train(folder, **kwargs):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+def _train(folder, extra_env: dict | None = None, **kwargs):
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, **(extra_env or {})}
     return subprocess.Popen([sys.executable, "-m", "pipeline.train"], cwd=folder, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_to_the_same_weights_in_the_same_run(tmp_path, data_dir, monkeypatch):
+def test_killed_training_resumes_to_the_same_weights_in_the_same_run(tmp_path, data_dir, monkeypatch, stall_after_epoch):
     monkeypatch.setenv("GENLAB_DATA_DIR", str(data_dir))
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     cfg = _prepare(whole, data_dir, RESUME)
@@ -53,12 +53,12 @@ def test_killed_training_resumes_to_the_same_weights_in_the_same_run(tmp_path, d
     out, _ = _train(whole).communicate(timeout=600)
     assert "resuming" not in out and (whole / "models/model.keras").exists(), out[-3000:]
 
-    proc = _train(killed)
+    proc = _train(killed, extra_env=stall_after_epoch(2))  # it waits after epoch 2's checkpoint
     latest = killed / cfg.paths.checkpoints / "latest"
     deadline = time.time() + 600
     while not (latest.exists() and latest.read_text().strip() >= "epoch_0002"):
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
-        time.sleep(0.02)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
@@ -68,6 +68,7 @@ def test_killed_training_resumes_to_the_same_weights_in_the_same_run(tmp_path, d
     assert "train: resuming after epoch" in out, out[-3000:]
     resumed_after = int(out.split("train: resuming after epoch ")[1].split()[0])
     assert 2 <= resumed_after < 5
+    assert resumed_after == 2  # killed where it waited: the point is known, not raced
 
     a = keras.saving.load_model(whole / "models/model.keras", safe_mode=True).get_weights()
     b = keras.saving.load_model(killed / "models/model.keras", safe_mode=True).get_weights()
@@ -224,3 +225,136 @@ def test_documented_servers_listen_on_localhost_only():
     assert len(commands) >= 2
     for line in commands:
         assert "127.0.0.1" in line, f"README starts a server on every interface: {line}"
+
+
+def _prepared(workdir, *overrides):
+    cfg = tiny(workdir, *overrides)
+    fetch.run(cfg)
+    vectorize.run(cfg)
+    return cfg
+
+
+def _watch_epochs(monkeypatch, val_loss_bump: float = 0.0):
+    """Wrap the train stage's epoch-end callback: record the epochs begun and the weights after
+    each epoch; from the second epoch on, add `val_loss_bump` to the val_loss it is shown."""
+    from pipeline import callbacks
+
+    seen = {"begun": [], "weights": []}
+    epoch_end = callbacks.epoch_end
+
+    def watched(*args, **kwargs):
+        callback = epoch_end(*args, **kwargs)
+        begin, end = callback.on_epoch_begin, callback.on_epoch_end
+
+        def on_epoch_begin(epoch, logs=None):
+            seen["begun"].append(epoch)
+            begin(epoch, logs)
+
+        def on_epoch_end(epoch, logs=None):
+            if epoch >= 1:
+                logs["val_loss"] += val_loss_bump
+            end(epoch, logs)
+            seen["weights"].append(callback.model.get_weights())
+
+        callback.on_epoch_begin, callback.on_epoch_end = on_epoch_begin, on_epoch_end
+        return callback
+
+    monkeypatch.setattr(callbacks, "epoch_end", watched)
+    return seen
+
+
+def test_the_export_is_the_best_epochs_weights_when_a_later_epoch_is_worse(workdir, monkeypatch):
+    """The best val_loss is epoch 1's (every later one is shown 1.0 worse): the exported model must
+    hold the weights of the end of epoch 1, not those training ended with."""
+    cfg = _prepared(workdir, "train.epochs=3", "train.divergence.max_ratio=100")
+    seen = _watch_epochs(monkeypatch, val_loss_bump=1.0)
+    result = train.run(cfg)
+    assert result["best_epoch"] == 1 and result["epochs"] == 3
+    exported = keras.saving.load_model(workdir / "models/model.keras", safe_mode=True).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(exported, seen["weights"][0], strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(exported, seen["weights"][-1], strict=True))
+
+
+class Killed(BaseException):
+    """What a SIGKILL leaves behind, in-process: nothing after the raise runs, nothing catches it."""
+
+
+def test_a_resumed_run_trains_exactly_the_epochs_left_to_the_same_weights(workdir, monkeypatch, capsys):
+    """Stopped right after epoch 2's checkpoint, the next run resumes after epoch 2, trains epochs 3
+    and 4 only (not 4 alone, nor 2 again), in the same MLflow run, to the weights and losses of an
+    uninterrupted run."""
+    from pipeline import checkpoint
+
+    cfg = _prepared(workdir, "train.epochs=4", "train.deterministic=true")
+    whole = train.run(cfg)
+    history = (workdir / "metrics/history.csv").read_text()
+    weights = keras.saving.load_model(workdir / "models/model.keras", safe_mode=True).get_weights()
+
+    save = checkpoint.save
+
+    def save_then_die(folder, epoch, *args, **kwargs):
+        save(folder, epoch, *args, **kwargs)
+        if epoch == 2:
+            raise Killed
+
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(Killed):
+        train.run(cfg)
+    monkeypatch.setattr(checkpoint, "save", save)
+    capsys.readouterr()
+    seen = _watch_epochs(monkeypatch)
+    resumed = train.run(cfg)
+    assert "train: resuming after epoch 2 " in capsys.readouterr().out
+    assert seen["begun"] == [2, 3]  # Keras counts from 0: epochs 3 and 4
+    rows = lambda text: [(r["epoch"], r["loss"], r["val_loss"]) for r in csv.DictReader(text.splitlines())]  # noqa: E731
+    assert rows((workdir / "metrics/history.csv").read_text()) == rows(history)
+    again = keras.saving.load_model(workdir / "models/model.keras", safe_mode=True).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(again, weights, strict=True))
+    assert resumed["best_val_loss"] == whole["best_val_loss"]
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id])
+    assert sorted(r.info.run_id for r in runs) == sorted([whole["run_id"], resumed["run_id"]])  # no third run
+    run = client.get_run(resumed["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["resumed_from_epoch"] == "2"
+    logged = client.get_metric_history(resumed["run_id"], "val_loss")
+    assert sorted(m.step for m in logged) == [1, 2, 3, 4]
+
+
+def test_fused_auto_trains_with_keras_lstm_when_the_loops_cannot_run_the_model(workdir, monkeypatch, capsys):
+    """An LSTM the fused loops cannot run (here: dropout) under fused_lstm=auto trains with Keras's
+    LSTM and says so in one line; with fused_lstm=true it is a one-line error, not a traceback."""
+    from pipeline import lstm_cpu, machine
+    from pipeline import model as models
+
+    def with_dropout(vocab_size, units, sequence=False):
+        ids = keras.Input(shape=(None,), dtype="int32", name="ids")
+        x = models.lstm.one_hot(vocab_size)(ids)
+        x = keras.layers.LSTM(units, dropout=0.1, return_sequences=sequence, name="lstm")(x)
+        return keras.Model(ids, keras.layers.Dense(vocab_size, activation="softmax", name="next_char")(x), name="lstm")
+
+    monkeypatch.setitem(models.MODELS, "lstm", with_dropout)
+    monkeypatch.setattr(train, "prepare_fused_lstm", lambda *args: True)  # what auto says on a CPU machine
+    monkeypatch.setattr(lstm_cpu, "lstm_last", lambda *a, **k: pytest.fail("the fused loops ran a model with dropout"))
+    cfg = _prepared(workdir, "train.epochs=1", "train.fused_lstm=auto")
+    result = train.run(cfg)
+    out = capsys.readouterr().out
+    assert "train: fused_lstm auto: model 'lstm': the fused LSTM runs the book's model" in out and "dropout 0.1" in out
+    assert "training with Keras's LSTM" in out and np.isfinite(result["best_val_loss"])
+    assert machine.might_fuse("auto", "lstm", "last")  # the case this test stands for
+
+    strict = _prepared(workdir, "train.epochs=1", "train.fused_lstm=true")
+    with pytest.raises(train.TrainError, match=r"train\.fused_lstm=true: model 'lstm'.*dropout 0\.1.*auto or false"):
+        train.run(strict)
+
+
+def test_fused_lstm_false_trains_with_keras_lstm_end_to_end(workdir, monkeypatch):
+    """train.fused_lstm=false: the train stage never calls the fused loops, trains Keras's LSTM,
+    and the sample stage agrees with it on the held-out loss."""
+    from pipeline import lstm_cpu, sample
+
+    monkeypatch.setattr(lstm_cpu, "lstm_last", lambda *a, **k: pytest.fail("fused loops ran with fused_lstm=false"))
+    cfg = _prepared(workdir, "train.epochs=1", "train.fused_lstm=false", "sample.temperature=[0.5]")
+    result = train.run(cfg)
+    vocab = json.loads((workdir / "data/prepared/vocab.json").read_text())
+    assert result["best_val_loss"] < np.log(len(vocab))  # it learned: better than a uniform guess
+    assert sample.run(cfg)["val_loss"] == pytest.approx(result["best_val_loss"], rel=1e-5)

@@ -31,8 +31,6 @@ MODELS = {"lstm": lstm.build, "stacked_lstm": partial(rnn.build, cell="lstm"), "
           "conv1d": conv1d.build}
 
 
-build_lstm = lstm.build  # the name earlier versions gave the book's model
-
 
 @keras.saving.register_keras_serializable(package="genlab")
 class Parallel(keras.Model):
@@ -50,8 +48,8 @@ class Parallel(keras.Model):
     def __init__(self, model: keras.Model, parts: int, fused: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.inner, self.parts, self.fused = model, parts, fused
-        if fused:
-            check_fusable(model)
+        if fused and (reason := why_not_fusable(model)):
+            raise ValueError(reason)
 
     def call(self, ids, training=None):
         ops = keras.ops
@@ -81,17 +79,22 @@ class Parallel(keras.Model):
         return cls(keras.saving.deserialize_keras_object(config.pop("model")), **config)
 
 
-def check_fusable(model: keras.Model) -> None:
-    """The fused CPU loops (`pipeline.lstm_cpu`) run the book's model only: one LSTM with
-    Keras's default activations over the one-hot input, predicting after the last position."""
+def why_not_fusable(model: keras.Model) -> str | None:
+    """None if the fused CPU loops (`pipeline.lstm_cpu`) can run `model`, else why not: they run the
+    book's model only, one LSTM with Keras's default activations and no dropout over the one-hot
+    input, predicting after the last position."""
     names = [type(la).__name__ for la in model.layers]
     names = names if [la.name for la in model.layers][1:] == ["one_hot", "lstm", "next_char"] else [*names, "(renamed)"]
     lstm = next((la for la in model.layers if la.name == "lstm"), None)
     if (names != ["InputLayer", "Embedding", "LSTM", "Dense"] or lstm.return_sequences or lstm.go_backwards
             or lstm.activation.__name__ != "tanh" or lstm.recurrent_activation.__name__ != "sigmoid"
             or lstm.dropout or lstm.recurrent_dropout or not lstm.use_bias or lstm.cell.implementation != 2):
-        raise ValueError(f"model {model.name!r}: the fused LSTM runs the book's model (one-hot ids, one LSTM, a "
-                         f"softmax after the last position), not {names}")
+        details = "" if lstm is None else (f" (LSTM activation {lstm.activation.__name__}, recurrent "
+                                           f"{lstm.recurrent_activation.__name__}, dropout {lstm.dropout:g}, "
+                                           f"recurrent_dropout {lstm.recurrent_dropout:g})")
+        return (f"model {model.name!r}: the fused LSTM runs the book's model (one-hot ids, one LSTM with default "
+                f"activations and no dropout, a softmax after the last position), not {names}{details}")
+    return None
 
 
 def unwrap(model: keras.Model) -> keras.Model:
