@@ -19,7 +19,6 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pipeline import cache, config, fetch, sample, sweep, tracking, train, vectorize
-from pipeline.machine import hide_unused_libraries
 
 STAGES = {"fetch": fetch.run, "vectorize": vectorize.run, "train": train.run, "sample": sample.run}
 # What a job logs to its MLflow run for a stage it reused instead of running (fetch and vectorize log nothing).
@@ -88,7 +87,6 @@ def run_stages(cfg, parent_run_id: str | None = None, run_name: str | None = Non
 
 
 def main() -> None:
-    hide_unused_libraries()  # as the stages' own commands do: no stage uses them
     # Hydra changes the working directory before the job runs: make a relative mirror absolute.
     if os.environ.get(fetch.MIRROR_ENV):
         os.environ[fetch.MIRROR_ENV] = str(Path(os.environ[fetch.MIRROR_ENV]).resolve())

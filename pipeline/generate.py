@@ -22,7 +22,6 @@ from omegaconf import DictConfig
 
 from pipeline import artifacts, config, tracking
 from pipeline.config import temperatures
-from pipeline.machine import hide_unused_libraries
 from pipeline.sample import SampleError, encode_prompt
 from pipeline.vectorize import decode
 
@@ -110,7 +109,6 @@ def _main(raw: DictConfig) -> None:
 
 
 def main() -> None:
-    hide_unused_libraries()
     _main()
 
 

@@ -118,17 +118,6 @@ def set_threads(threads: int | None, parts: int) -> None:
         limit_threads(threads, threads)
 
 
-def hide_unused_libraries() -> None:
-    """Keep two libraries the stages never use out of this process (call it before importing
-    Keras or MLflow). Keras imports scikit-learn (installed as an MLflow dependency) for its
-    optional estimator wrappers: about 60 MB of RSS and half a second of start-up. pandas
-    (imported by MLflow and TensorFlow) loads pyarrow if it is installed, for data formats no stage
-    reads or writes: 34 MB. Both check for them and carry on. The sample stage peaked at 960.1 MiB
-    with them and 857.3 without (the default model, `time -v`)."""
-    sys.modules.setdefault("sklearn", None)
-    sys.modules.setdefault("pyarrow", None)
-
-
 def peak_rss_mib() -> float:
     """This process's peak resident memory so far, in MiB: what a machine must have for the stage."""
     import resource

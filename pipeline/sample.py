@@ -140,9 +140,6 @@ def log_reused(cfg, result: dict) -> None:
 
 
 def main() -> None:
-    from pipeline.machine import hide_unused_libraries
-
-    hide_unused_libraries()
     from pipeline.model import ModelError
 
     try:
