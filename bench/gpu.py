@@ -416,7 +416,7 @@ def _sample(folder: Path, name: str, parts: list[Path]) -> dict:
 
 def record(outs: list[Path], folder: Path) -> None:
     """Here, on TensorFlow: what `run` wrote to each OUT, into bench/gpu.json, and one row per quality
-    recipe into bench/quality.json (README's quality table: `python bench/quality.py --readme`). A
+    recipe into bench/quality.json (docs/text.md's quality table: `python bench/quality.py --docs`). A
     recipe whose model came back goes through the sample stage first, which must reproduce its
     held-out loss."""
     sys.path.insert(0, str(ROOT / "bench"))

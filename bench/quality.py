@@ -3,7 +3,7 @@ machine, measured by running the real stages, never typed by hand.
 
     python bench/quality.py --list                         # the rows it knows
     python bench/quality.py nietzsche/book nietzsche/gru   # measure these rows (each minutes to hours)
-    python bench/quality.py --readme                       # rewrite README's table from what was measured
+    python bench/quality.py --docs                         # rewrite docs/text.md's table from what was measured
     python bench/quality.py tinyshakespeare/quality --set train.time_limit=1200   # with an extra override
 
 Each row runs fetch, vectorize, train and sample in a fresh process, in its own folder under
@@ -12,7 +12,7 @@ equal-time rows (`time_limit: book`) get `train.time_limit` set to the measured 
 the same corpus's book row, which therefore runs first. Every measured row is kept, with its
 machine and date, in bench/quality.json; `python bench/gpu.py record` adds the rows trained on a
 GPU machine without TensorFlow (tinyshakespeare/gpu-*), checked by the sample stage here;
---readme renders that file into README.md between the quality-table markers, with the text the
+--docs (or its old name --readme) renders that file into docs/text.md between the quality-table markers, with the text the
 best model of each corpus wrote at temperature 0.5. Needs the corpora: $GENLAB_DATA_DIR.
 """
 from __future__ import annotations
@@ -136,8 +136,8 @@ def table(results: dict) -> str:
     return "\n".join(out)
 
 
-def write_readme(results: dict) -> None:
-    readme = ROOT / "README.md"
+def write_docs(results: dict) -> None:
+    readme = ROOT / "docs" / "text.md"
     text = readme.read_text(encoding="utf-8")
     if START not in text or END not in text:
         sys.exit(f"error: {readme} has no {START} ... {END} block to fill")
@@ -157,7 +157,8 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="list the rows and their overrides")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an extra Hydra override for the rows measured now (shown in the table), e.g. train.time_limit=1200")
-    parser.add_argument("--readme", action="store_true", help="rewrite README's quality table from bench/quality.json")
+    parser.add_argument("--docs", "--readme", dest="docs", action="store_true",
+                        help="rewrite docs/text.md's quality table from bench/quality.json")
     args = parser.parse_args()
     if args.list:
         for row, (overrides, limit) in ROWS.items():
@@ -170,8 +171,8 @@ def main() -> None:
     for row in args.rows:
         results[row] = measure(row, results, args.set)
         save(results)  # after every row: a long session keeps what it measured
-    if args.readme:
-        write_readme(results)
+    if args.docs:
+        write_docs(results)
     elif not args.rows:
         print(table(results) if results else "nothing measured yet: name rows to measure (--list)")
 

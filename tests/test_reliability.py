@@ -218,10 +218,11 @@ def test_models_load_in_safe_mode(tmp_path):
 
 
 def test_documented_servers_listen_on_localhost_only():
+    """README and docs/: every server command they show listens on 127.0.0.1."""
     from tests.conftest import REPO
 
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    commands = [line for line in readme.splitlines() if line.lstrip().startswith(("mlflow ui", "mlflow server", "mlflow models serve"))]
+    docs = "\n".join(p.read_text(encoding="utf-8") for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
+    commands = [line for line in docs.splitlines() if line.lstrip().startswith(("mlflow ui", "mlflow server", "mlflow models serve"))]
     assert len(commands) >= 2
     for line in commands:
         assert "127.0.0.1" in line, f"README starts a server on every interface: {line}"
