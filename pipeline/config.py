@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,6 +264,11 @@ def _merge(schema, raw, source: str) -> DictConfig:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         message = str(e).splitlines()[0]  # the rest repeats the key and the schema's class names
+        if key and message.startswith("Key ") and " not in " in message:
+            known = _schema_keys(schema)
+            if schema is Config:
+                known += _schema_keys(MODEL_SCHEMAS[name], "model.")
+            message += _nearest(key, known)
         raise ConfigError(f"{source}: {key + ': ' if key else ''}{message}") from None
     if missing:
         raise ConfigError(f"{source}: missing value for {', '.join(missing)}")
@@ -352,13 +358,57 @@ def _compose_raw(overrides, config_name: str = "config") -> DictConfig:
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.errors import HydraException
 
+    source = _source(overrides, "conf/" if config_name == "config" else f"conf/{config_name}.yaml")
     try:
         with initialize_config_dir(str(CONF_DIR), version_base=None):
-            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+            try:
+                cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+            except HydraException as e:
+                # Hydra's hint for a key that is not there ("use +key=value") leads to a key the
+                # schema then rejects: name the unknown key and the nearest known one instead.
+                unknown = re.match(r"Could not override '([^']+)'", str(e))
+                if not unknown:
+                    raise
+                known = _dotted_keys(OmegaConf.to_container(hydra_compose(config_name=config_name)))
+                raise ConfigError(f"{source}: unknown key {unknown[1]}{_nearest(unknown[1], known)}") from None
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"{_source(overrides, 'conf/' if config_name == 'config' else f'conf/{config_name}.yaml')}: {e}") from None
+        raise ConfigError(f"{source}: {e}") from None
     return cfg
+
+
+def _dotted_keys(tree: dict, prefix: str = "") -> list[str]:
+    """Every key of a nested config, dotted (`vectorize.maxlen`), sections included."""
+    keys = []
+    for k, v in tree.items():
+        keys.append(f"{prefix}{k}")
+        if isinstance(v, dict):
+            keys += _dotted_keys(v, f"{prefix}{k}.")
+    return keys
+
+
+def _schema_keys(schema, prefix: str = "") -> list[str]:
+    """Every key a schema dataclass allows, dotted, its sections' keys included."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(schema)
+    keys = []
+    for f in dataclasses.fields(schema):
+        keys.append(prefix + f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += _schema_keys(hints[f.name], f"{prefix}{f.name}.")
+    return keys
+
+
+def _nearest(key: str, known: list[str]) -> str:
+    """"; did you mean <the closest known key>?", or nothing if none is close. The sections that
+    hold `key` (train for train.zzz) are no answer."""
+    import difflib
+
+    candidates = [k for k in known if not k.startswith("hydra") and not key.startswith(k + ".")]
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:

@@ -170,3 +170,24 @@ def test_load_round_trips_write_params(tmp_path):
 def test_missing_params_file_says_how_to_make_it(tmp_path):
     with pytest.raises(config.ConfigError, match="python -m pipeline.config"):
         config.load(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("override, nearest", [
+    ("vectorize.maxlenn=40", "vectorize.maxlen"),
+    ("+vectorize.maxlenn=40", "vectorize.maxlen"),
+    ("vectorise.maxlen=40", "vectorize.maxlen"),
+    ("train.learnig_rate=0.1", "train.learning_rate"),
+    ("+model.unitz=4", "model.units"),
+])
+def test_a_typo_in_a_key_names_it_and_the_nearest_valid_key(override, nearest):
+    """Not Hydra's hint to append the key with +, which the schema then rejects."""
+    with pytest.raises(config.ConfigError) as e:
+        config.compose([override])
+    message = str(e.value)
+    assert message.endswith(f"did you mean {nearest}?") and "To append" not in message
+    assert override.lstrip("+").split("=")[0] in message.split(": ", 1)[1]
+
+
+def test_a_typo_in_a_generate_key_is_named_too():
+    with pytest.raises(config.ConfigError, match=r"unknown key lenght; did you mean length\?$"):
+        config.compose_generate(["lenght=3"])
