@@ -56,6 +56,7 @@ def epoch_end(t, vocab, val_ids, maxlen, state, checkpoints: Path | None):
 
         def on_epoch_end(self, epoch, logs=None):
             n, opt = epoch + 1, self.model.optimizer
+            notes = []  # what this epoch caused (a rollback, a learning-rate cut): printed after its own line
             row = {"epoch": n, "loss": float(logs["loss"]), "val_loss": float(logs["val_loss"])}
             row.update(bpc=row["loss"] / LN2, val_bpc=row["val_loss"] / LN2,
                        seconds=time.perf_counter() - self.started, lr=float(opt.learning_rate.numpy()))
@@ -73,8 +74,9 @@ def epoch_end(t, vocab, val_ids, maxlen, state, checkpoints: Path | None):
                            f"at learning rate {row['lr']:.3g}")
                 if self.best_weights is None:
                     mlflow.set_tag("diverged", message)
-                    raise TrainError(f"train: {message}; no epoch trained well, so there is no model to keep. "
-                                     "Lower train.learning_rate or set train.clipnorm.")
+                    advice = ("Lower train.learning_rate or train.clipnorm" if t.clipnorm is not None
+                              else "Lower train.learning_rate or set train.clipnorm")
+                    raise TrainError(f"train: {message}; no epoch trained well, so there is no model to keep. {advice}.")
                 self.model.set_weights(self.best_weights)  # NaN weights or optimizer state are useless
                 for v, value in zip(opt.variables, self.best_optimizer, strict=True):
                     v.assign(value)
@@ -86,7 +88,7 @@ def epoch_end(t, vocab, val_ids, maxlen, state, checkpoints: Path | None):
                 else:
                     self.stop_reason = message + "; training stopped, keeping the best model"
                     self.model.stop_training = True
-                print(f"train: {self.stop_reason or message}", flush=True)
+                notes.append(f"train: {self.stop_reason or message}")
                 mlflow.set_tag("diverged", self.stop_reason or message)
             else:
                 state["good_epochs"].append(n)
@@ -100,7 +102,7 @@ def epoch_end(t, vocab, val_ids, maxlen, state, checkpoints: Path | None):
                         lr = max(row["lr"] * t.plateau.factor, t.plateau.min_lr)
                         self._set_lr(lr)
                         state["wait"] = 0
-                        print(f"train: val_loss has not improved for {t.plateau.patience} epochs; learning rate now {lr:.3g}", flush=True)
+                        notes.append(f"train: val_loss has not improved for {t.plateau.patience} epochs; learning rate now {lr:.3g}")
 
             prompt = held_out_prompt(val_ids, maxlen, rng)
             out = for_model(unwrap(self.model), maxlen).generate(prompt, temps, t.epoch_samples.length, rng, mode=t.epoch_samples.mode)
@@ -115,6 +117,8 @@ def epoch_end(t, vocab, val_ids, maxlen, state, checkpoints: Path | None):
             print(f"epoch {n}/{t.epochs}: loss {row['loss']:.4f}  val_loss {row['val_loss']:.4f}  "
                   f"val_bpc {row['val_bpc']:.3f}  ({row['seconds']:.1f} s)  "
                   f"T={temps[len(temps) // 2]}: {decode(out[len(temps) // 2][:60], vocab)!r}", flush=True)
+            for note in notes:
+                print(note, flush=True)
 
     return EpochEnd()
 

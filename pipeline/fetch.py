@@ -90,6 +90,10 @@ def fetch_corpus(name: str, url: str | None, sha256: str | None, dest: Path,
         if sha256 and actual != sha256:
             raise FetchError(f"corpus {name!r}: sha256 mismatch for {source}: expected {sha256}, got {actual}; "
                              f"the file is corrupt or not this corpus, nothing was written to {dest}")
+        # mkstemp makes the file 0600; every other output follows the umask, and so does this one.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

@@ -19,6 +19,17 @@ def test_mirror_copy_is_verified_and_recorded(workdir, data_dir):
     assert (workdir / "metrics/fetch.json").exists()
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_the_corpus_copy_follows_the_umask_like_every_other_output(workdir, umask):
+    old = os.umask(umask)
+    try:
+        fetch.run(tiny(workdir))
+    finally:
+        os.umask(old)
+    mode = lambda p: (workdir / p).stat().st_mode & 0o777  # noqa: E731
+    assert mode("data/raw/nietzsche.txt") == mode("metrics/fetch.json") == 0o666 & ~umask
+
+
 def test_file_in_place_with_right_hash_is_not_fetched_again(workdir):
     fetch.run(tiny(workdir))
     dest = workdir / "data/raw/nietzsche.txt"

@@ -171,12 +171,25 @@ def test_a_first_epoch_that_diverges_is_an_error_and_writes_nothing(workdir):
     assert not (workdir / "models/model.keras").exists() and not (workdir / "metrics/train.json").exists()
 
 
-def test_plateau_halves_the_learning_rate(workdir):
+def test_a_diverged_first_epoch_with_clipnorm_set_does_not_advise_setting_it(workdir):
+    cfg = tiny(workdir, "train.learning_rate=1e6", "train.optimizer=sgd", "train.clipnorm=1.0")
+    fetch.run(cfg)
+    vectorize.run(cfg)
+    with pytest.raises(train.TrainError, match=r"epoch 1 diverged") as e:
+        train.run(cfg)
+    assert "set train.clipnorm" not in str(e.value) and "Lower train.learning_rate or train.clipnorm" in str(e.value)
+
+
+def test_plateau_halves_the_learning_rate(workdir, capsys):
     cfg = tiny(workdir, "train.learning_rate=1.0", "train.clipnorm=null", "train.epochs=6", "train.plateau.patience=1",
                "train.divergence.max_ratio=10")
     fetch.run(cfg)
     vectorize.run(cfg)
+    capsys.readouterr()
     train.run(cfg)
+    lines = capsys.readouterr().out.splitlines()
+    cuts = [i for i, line in enumerate(lines) if "learning rate now" in line]
+    assert cuts and all(lines[i - 1].startswith("epoch ") for i in cuts)  # said after the epoch that caused it
     rows = list(csv.DictReader((workdir / "metrics/history.csv").open()))
     lrs, val = [float(r["lr"]) for r in rows], [float(r["val_loss"]) for r in rows]
     for k in range(1, 6):  # after each epoch that did not improve on the best, the rate halves
