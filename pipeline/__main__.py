@@ -70,7 +70,8 @@ def run_stages(cfg, parent_run_id: str | None = None, run_name: str | None = Non
 
     experiment_id = tracking.connect(tracking.resolve_uri(cfg.mlflow.tracking_uri), cfg.mlflow.experiment)
     results, keys = {}, []
-    with mlflow.start_run(experiment_id=experiment_id, parent_run_id=parent_run_id, run_name=run_name):
+    name = run_name or tracking.run_name(cfg, config.compose())
+    with mlflow.start_run(experiment_id=experiment_id, parent_run_id=parent_run_id, run_name=name):
         for name, stage in STAGES.items():
             if cfg.cache.enabled:
                 result, status, key = cache.run(name, stage, cfg, keys, Path(cfg.cache.dir))

@@ -40,8 +40,9 @@ def parent_run(folder: Path) -> dict:
 
 
 def job_name(overrides: list[str], swept: list[str]) -> str | None:
-    """A job's run name: its values of the swept keys (`sample.temperature=0.5 vectorize.maxlen=40`)."""
-    return " ".join(o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept) or None
+    """A job's run name: its values of the swept keys, short (`T=0.5 maxlen=40`)."""
+    values = dict(o.lstrip("+~").split("=", 1) for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept)
+    return tracking.short_names(values) or None
 
 
 class SweepRun(Callback):

@@ -106,15 +106,51 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
+# Short names for the keys people sweep, so that a run's name shows its values in the few
+# characters the MLflow UI keeps (`T=0.5 maxlen=20`, not `sample.temperature=0.5 vectorize.…`).
+SHORT = {"sample.temperature": "T"}
+# Keys that say where or how to run, not what: never part of a run's name.
+UNNAMED = ("mlflow", "paths", "cache", "fetch", "threads", "corpus.url", "corpus.sha256", "corpus.source")
+
+
+def short_names(settings: dict[str, object]) -> str:
+    """`{"sample.temperature": 0.5, "vectorize.maxlen": 20}` as "T=0.5 maxlen=20": each key by its
+    last part (or its SHORT name), the full key where two would read the same."""
+    last = [SHORT.get(k, k.rsplit(".", 1)[-1]) for k in settings]
+    names = [n if last.count(n) == 1 else k for n, k in zip(last, settings)]
+    return " ".join(f"{n}={v}" for n, v in zip(names, settings.values()))
+
+
+def run_name(cfg, defaults) -> str:
+    """A run's name: what its config changes from conf/'s defaults, short (`maxlen=40 units=64`),
+    "defaults" when nothing: runs of different configs get different names, whatever the seed
+    does to MLflow's random ones."""
+    def leaves(tree, prefix=""):
+        for k, v in tree.items():
+            if isinstance(v, dict):
+                yield from leaves(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    from omegaconf import OmegaConf
+
+    base = dict(leaves(OmegaConf.to_container(defaults, resolve=True)))
+    changed = {k: v for k, v in leaves(OmegaConf.to_container(cfg, resolve=True))
+               if base.get(k, object()) != v and not k.startswith(UNNAMED)}
+    return short_names(changed)[:200] or "defaults"
+
+
 @contextlib.contextmanager
-def run(run_id: str | None = None, experiment_id: str | None = None):
+def run(run_id: str | None = None, experiment_id: str | None = None, name: str | None = None):
     """The MLflow run a stage logs to: the active one when a caller opened it (a `python -m pipeline`
-    job holds one run for all its stages), else `run_id`'s, else a new one in `experiment_id`."""
+    job holds one run for all its stages), else `run_id`'s, else a new one in `experiment_id`
+    called `name`."""
     import mlflow
 
     active = mlflow.active_run()
     if active is not None:
         yield active
         return
-    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id) as started:
+    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
+                          run_name=None if run_id else name) as started:
         yield started

@@ -157,7 +157,7 @@ def run(cfg) -> dict:
     exported = build_model(len(vocab), **keys) if sequence or isinstance(model, Parallel) else model
     held_out = [callbacks.held_out(exported, val_ds)] if sequence else []
 
-    with tracking.run(state["run_id"], experiment_id) as active:
+    with tracking.run(state["run_id"], experiment_id, tracking.run_name(cfg, config.compose())) as active:
         run_id = state["run_id"] = active.info.run_id
         if found:
             logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss")}

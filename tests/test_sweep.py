@@ -67,7 +67,7 @@ def _assert_nested_with_summary(workdir, name: str, parent, runs, jobs: int):
 def test_a_sweep_runs_each_distinct_stage_once_and_a_repeat_runs_nothing(workdir):
     parent, runs = _launch(workdir, "first", *SWEEP)
     _assert_nested_with_summary(workdir, "first", parent, runs, jobs=4)
-    assert sorted(r.info.run_name for r in runs) == sorted(f"sample.temperature={t} vectorize.maxlen={m}"
+    assert sorted(r.info.run_name for r in runs) == sorted(f"T={t} maxlen={m}"
                                                            for t in ("0.5", "1.0") for m in ("10", "20"))
     counts = Counter((stage, r.data.tags[f"stage.{stage}"]) for r in runs
                      for stage in ("fetch", "vectorize", "train", "sample"))
@@ -324,7 +324,7 @@ def test_a_failed_job_ends_the_sweeps_parent_run_as_failed(workdir):
     # summary of the job that did finish.
     parent, runs = _launch(workdir, "bad", "experiment=tiny", "train.epochs=1", "vectorize.maxlen=0,10", check=False)
     assert parent.info.status == "FAILED"
-    assert [(r.info.run_name, r.info.status) for r in runs] == [("vectorize.maxlen=10", "FINISHED")]
+    assert [(r.info.run_name, r.info.status) for r in runs] == [("maxlen=10", "FINISHED")]
     rows = list(csv.DictReader((workdir / "bad" / "summary.csv").open()))
     # The job sampled at the default four temperatures: a row for each.
     assert [(row["run_id"], float(row["temperature"])) for row in rows] == [(runs[0].info.run_id, t)
@@ -350,3 +350,23 @@ def test_the_slurm_launcher_config_composes_onto_submitit():
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.partition, launcher.cpus_per_task, launcher.gpus_per_node) == ("gpu", 8, 1)
     assert cfg.hydra.callbacks.sweep_run._target_ == "pipeline.sweep.SweepRun"
+
+
+def test_run_names_show_what_differs_in_their_first_characters():
+    """MLflow's UI cuts names at about 20 characters: sweep jobs and pipeline runs are named by
+    their values, short, so that two configs never read the same there (with the seed fixed,
+    MLflow's random names were all one name)."""
+    from pipeline import config, sweep, tracking
+
+    swept = ["sample.temperature", "vectorize.maxlen"]
+    names = [sweep.job_name([f"sample.temperature={t}", f"vectorize.maxlen={m}", "experiment=tiny"], swept)
+             for t in ("0.5", "1.0") for m in ("20", "40")]
+    assert names == ["T=0.5 maxlen=20", "T=0.5 maxlen=40", "T=1.0 maxlen=20", "T=1.0 maxlen=40"]
+    defaults = config.compose()
+    runs = [[], ["vectorize.maxlen=40"], ["model.units=64"], ["vectorize.maxlen=40", "model.units=64"],
+            ["seed=7"], ["mlflow.experiment=other"]]
+    named = [tracking.run_name(config.compose(o), defaults) for o in runs]
+    assert named == ["defaults", "maxlen=40", "units=64", "maxlen=40 units=64", "seed=7", "defaults"]
+    # keys whose last parts collide keep their full names
+    assert tracking.short_names({"sample.length": 80, "train.epoch_samples.length": 40}) == \
+        "sample.length=80 train.epoch_samples.length=40"
