@@ -40,3 +40,15 @@ def test_without_the_mirror_the_corpus_tests_skip_as_readme_says():
     assert skipped.returncode == 0 and "1 skipped" in skipped.stdout, skipped.stdout[-2000:]
     failed = run({"CI": "true"})
     assert failed.returncode != 0 and "GENLAB_DATA_DIR is not set" in failed.stdout, failed.stdout[-2000:]
+
+
+def test_dvc_staging_files_by_itself_is_said_beside_the_everyday_commands():
+    """`core.autostage` makes `dvc repro` run `git add` on what it writes: kept only where README
+    says so where a user reads the commands."""
+    import configparser
+
+    dvc = configparser.ConfigParser()
+    dvc.read(REPO / ".dvc/config")
+    if dvc.getboolean("core", "autostage", fallback=False):
+        everyday = README.split("## Everyday commands\n", 1)[1].split("\n## ", 1)[0]
+        assert "autostage" in everyday and "git status" in everyday
