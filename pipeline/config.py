@@ -156,6 +156,7 @@ class Mlflow:
     experiment: str = MISSING
     tags: dict[str, str] = field(default_factory=dict)
     registered_model: Optional[str] = MISSING
+    serve_max_length: int = MISSING
 
 
 @dataclass
@@ -281,7 +282,7 @@ def validate(raw: DictConfig | dict, source: str = "config") -> DictConfig:
     cfg = _merge(Config, raw, source)
 
     positive_ints = ["seed", "vectorize.maxlen", "vectorize.step", "train.batch_size",
-                     "train.steps_per_execution", "train.epochs", "train.epoch_samples.length", "sample.length",
+                     "train.steps_per_execution", "train.epochs", "train.epoch_samples.length", "sample.length", "mlflow.serve_max_length",
                      "model.units", *(f"model.{k}" for k in ("layers",) if k in cfg.model)]
     for key in positive_ints:
         minimum = 0 if key == "seed" else 1

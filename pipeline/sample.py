@@ -39,7 +39,8 @@ def encode_prompt(prompt: str, vocab: list[str], lowercase: bool, key: str = "sa
     if unknown and unknown_chars == "replace" and replacement not in index:
         raise SampleError(f"{key}: the replacement {replacement!r} is not in the model's vocabulary either")
     if unknown and unknown_chars not in ("drop", "replace"):
-        raise SampleError(f"{key}: characters not in the model's vocabulary: {unknown!r} "
+        more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""  # a huge prompt is not echoed back
+        raise SampleError(f"{key}: characters not in the model's vocabulary: {unknown[:20]!r}{more} "
                           "(set unknown_chars to drop or replace them)")
     ids = [index.get(ch, index.get(replacement)) for ch in prompt if ch in index or unknown_chars == "replace"]
     return np.array(ids, dtype=np.int64)

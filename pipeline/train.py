@@ -215,7 +215,7 @@ def run(cfg) -> dict:
         mlflow.log_artifact(str(models_dir / "meta.json"), "model")
         mlflow.log_artifact(str(metrics_dir / "history.csv"))
         mlflow.log_artifact(str(metrics_dir / "loss.png"))
-        pyfunc.log(models_dir, cfg.mlflow.registered_model)
+        pyfunc.log(models_dir, cfg.mlflow.registered_model, cfg.mlflow.serve_max_length)
         metrics["peak_rss_mib"] = peak_rss_mib()  # the whole stage's, its last step included
         mlflow.log_metrics({"best_val_loss": metrics["best_val_loss"], "best_val_bpc": metrics["val_bpc"],
                             "seconds_per_epoch": metrics["seconds_per_epoch"], "peak_rss_mib": metrics["peak_rss_mib"]})

@@ -126,6 +126,7 @@ BOUNDARIES = [  # (extra overrides, key, refused, accepted)
     ([], "sample.length", 0, 1),
     ([], "sample.temperature", 0, 0.01),
     ([], "fetch.timeout", 0, 0.1),
+    ([], "mlflow.serve_max_length", 0, 1),
 ]
 
 

@@ -229,3 +229,31 @@ def test_registered_model_loads_from_the_registry(trained, tmp_path):
         assert texts == [decode(want, meta["vocab"])]
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_the_served_model_caps_length_and_never_echoes_a_huge_prompt(trained, tmp_path):
+    """A request above the model's limit (mlflow.serve_max_length when it was logged) is a 400
+    before any generation; a megabyte prompt of unknown characters is not echoed back whole."""
+    from pipeline import pyfunc
+
+    folder, cfg, meta = trained
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    pf = mlflow.pyfunc.load_model(f"runs:/{meta['mlflow']['run_id']}/text_generator")
+    with pytest.raises(mlflow.exceptions.MlflowException, match="length must be at most 10000 .*got 10001") as e:
+        pf.predict(["the"], params={"length": 10001})
+    assert e.value.get_http_status_code() == 400
+    huge = "".join(chr(0x4E00 + i) for i in range(5000)) * 70  # 350,000 characters the model never saw
+    with pytest.raises(mlflow.exceptions.MlflowException, match="and 4980 more") as e:
+        pf.predict([huge], params={"length": 5})
+    assert len(str(e.value)) < 1000
+    uri = f"sqlite:///{tmp_path}/limit.db"
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run():
+            info = pyfunc.log(folder / "models", max_length=25)
+        limited = mlflow.pyfunc.load_model(info.model_uri)
+        assert len(limited.predict(["the"], params={"length": 25})[0]) == 25
+        with pytest.raises(mlflow.exceptions.MlflowException, match="at most 25"):
+            limited.predict(["the"], params={"length": 26})
+    finally:
+        mlflow.set_tracking_uri(None)
