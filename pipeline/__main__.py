@@ -52,7 +52,9 @@ def job(raw: DictConfig) -> dict:
     if hc.mode == RunMode.MULTIRUN:
         parent = sweep.parent_run(sweep.sweep_dir(hc))
         return run_stages(cfg, parent.get("run_id"), sweep.job_name(overrides, parent.get("swept", [])))
-    return run_stages(cfg)
+    # Named by what the user changed (Hydra cannot compose conf/'s defaults again inside its own job).
+    typed = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    return run_stages(cfg, None, sweep.job_name(overrides, [k for k in typed if not k.startswith(tracking.UNNAMED)]) or "defaults")
 
 
 def threads_per_job(n_jobs: int) -> int:
@@ -70,8 +72,7 @@ def run_stages(cfg, parent_run_id: str | None = None, run_name: str | None = Non
 
     experiment_id = tracking.connect(tracking.resolve_uri(cfg.mlflow.tracking_uri), cfg.mlflow.experiment)
     results, keys = {}, []
-    name = run_name or tracking.run_name(cfg, config.compose())
-    with mlflow.start_run(experiment_id=experiment_id, parent_run_id=parent_run_id, run_name=name):
+    with mlflow.start_run(experiment_id=experiment_id, parent_run_id=parent_run_id, run_name=run_name):
         for name, stage in STAGES.items():
             if cfg.cache.enabled:
                 result, status, key = cache.run(name, stage, cfg, keys, Path(cfg.cache.dir))

@@ -18,7 +18,7 @@ NAME = "text_generator"  # runs:/<run_id>/text_generator
 PARAMS = {"temperature": 0.5, "length": 200, "seed": 1337, "mode": "window"}
 # A request's `length` above this is refused (HTTP 400): generation runs to the end whatever the
 # server's timeout, so an unbounded length kept a worker busy for minutes after the client gave up.
-# The model carries its own (`mlflow.serve_max_length` when it was logged); this is for older ones.
+# The model carries its own in meta.json (`mlflow.serve_max_length` when it was trained); this is for older ones.
 MAX_LENGTH = 10_000
 
 
@@ -38,7 +38,7 @@ class TextGenerator(mlflow.pyfunc.PythonModel):
 
         model, self.meta = models.load(Path(context.artifacts["model"]).parent)
         self.generator = for_model(model, self.meta["maxlen"])
-        self.max_length = int((context.model_config or {}).get("max_length", MAX_LENGTH))
+        self.max_length = int(self.meta.get("serve_max_length", MAX_LENGTH))
 
     def predict(self, context, model_input: list[str], params: dict | None = None) -> list[str]:
         from pipeline.sample import encode_prompt
@@ -66,10 +66,9 @@ class TextGenerator(mlflow.pyfunc.PythonModel):
         return texts
 
 
-def log(models_dir: Path, registered_name: str | None = None, max_length: int = MAX_LENGTH):
+def log(models_dir: Path, registered_name: str | None = None):
     """Log the model in `models_dir` to the active MLflow run as a pyfunc named NAME (and register
-    it under `registered_name` if given) that generates at most `max_length` characters a request.
-    Returns MLflow's ModelInfo."""
+    it under `registered_name` if given). Returns MLflow's ModelInfo."""
     import keras
     import tensorflow as tf
 
@@ -84,7 +83,7 @@ def log(models_dir: Path, registered_name: str | None = None, max_length: int = 
         name=NAME, python_model=__file__, pip_requirements=requirements, input_example=(["the meaning of"], PARAMS),
         artifacts={"model": str(models_dir / "model.keras"), "meta": str(models_dir / "meta.json")},
         code_paths=[str(Path(pipeline.__file__).parent)],  # the model carries the code it runs
-        model_config={"max_length": max_length}, registered_model_name=registered_name)
+        registered_model_name=registered_name)
 
 
 if __name__ != "pipeline.pyfunc":  # run by MLflow as the model's code, not imported by the package

@@ -141,10 +141,10 @@ def run_name(cfg, defaults) -> str:
 
 
 @contextlib.contextmanager
-def run(run_id: str | None = None, experiment_id: str | None = None, name: str | None = None):
+def run(run_id: str | None = None, experiment_id: str | None = None, name=None):
     """The MLflow run a stage logs to: the active one when a caller opened it (a `python -m pipeline`
     job holds one run for all its stages), else `run_id`'s, else a new one in `experiment_id`
-    called `name`."""
+    called `name()` (a function: called only for a new run)."""
     import mlflow
 
     active = mlflow.active_run()
@@ -152,5 +152,5 @@ def run(run_id: str | None = None, experiment_id: str | None = None, name: str |
         yield active
         return
     with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
-                          run_name=None if run_id else name) as started:
+                          run_name=None if run_id or name is None else name()) as started:
         yield started

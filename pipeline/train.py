@@ -157,7 +157,7 @@ def run(cfg) -> dict:
     exported = build_model(len(vocab), **keys) if sequence or isinstance(model, Parallel) else model
     held_out = [callbacks.held_out(exported, val_ds)] if sequence else []
 
-    with tracking.run(state["run_id"], experiment_id, tracking.run_name(cfg, config.compose())) as active:
+    with tracking.run(state["run_id"], experiment_id, lambda: tracking.run_name(cfg, config.compose())) as active:
         run_id = state["run_id"] = active.info.run_id
         if found:
             logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss")}
@@ -198,6 +198,7 @@ def run(cfg) -> dict:
                    "seconds_per_epoch": seconds / max(ran, 1), "parameters": model.count_params(),
                    "rollbacks": state["rollbacks"], "stopped": callback.stop_reason or time_stop}
         meta = {"vocab": vocab, "maxlen": maxlen, "lowercase": cfg.vectorize.lowercase, "model": cfg.model.name,
+                "serve_max_length": cfg.mlflow.serve_max_length,  # what the logged text generator serves at most
                 "config": {k: params[k] for k in ("seed", "corpus", "vectorize", "model", "train")},  # no mlflow: no URIs
                 "mlflow": {"tracking_uri": tracking.redact(uri), "experiment_id": active.info.experiment_id, "run_id": run_id}}
 
@@ -215,7 +216,7 @@ def run(cfg) -> dict:
         mlflow.log_artifact(str(models_dir / "meta.json"), "model")
         mlflow.log_artifact(str(metrics_dir / "history.csv"))
         mlflow.log_artifact(str(metrics_dir / "loss.png"))
-        pyfunc.log(models_dir, cfg.mlflow.registered_model, cfg.mlflow.serve_max_length)
+        pyfunc.log(models_dir, cfg.mlflow.registered_model)
         metrics["peak_rss_mib"] = peak_rss_mib()  # the whole stage's, its last step included
         mlflow.log_metrics({"best_val_loss": metrics["best_val_loss"], "best_val_bpc": metrics["val_bpc"],
                             "seconds_per_epoch": metrics["seconds_per_epoch"], "peak_rss_mib": metrics["peak_rss_mib"]})

@@ -247,10 +247,15 @@ def test_the_served_model_caps_length_and_never_echoes_a_huge_prompt(trained, tm
         pf.predict([huge], params={"length": 5})
     assert len(str(e.value)) < 1000
     uri = f"sqlite:///{tmp_path}/limit.db"
+    import shutil
+
+    limited_dir = tmp_path / "models"
+    shutil.copytree(folder / "models", limited_dir)
+    (limited_dir / "meta.json").write_text(json.dumps({**meta, "serve_max_length": 25}))
     mlflow.set_tracking_uri(uri)
     try:
         with mlflow.start_run():
-            info = pyfunc.log(folder / "models", max_length=25)
+            info = pyfunc.log(limited_dir)
         limited = mlflow.pyfunc.load_model(info.model_uri)
         assert len(limited.predict(["the"], params={"length": 25})[0]) == 25
         with pytest.raises(mlflow.exceptions.MlflowException, match="at most 25"):
