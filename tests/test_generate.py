@@ -210,9 +210,10 @@ def test_served_model_answers_invocations(trained, tmp_path):
         server.wait(timeout=30)
 
 
-def test_registered_model_loads_from_the_registry(trained, tmp_path):
+def test_registered_model_loads_from_the_registry(trained, tmp_path, monkeypatch):
     from pipeline import pyfunc
 
+    monkeypatch.chdir(tmp_path)  # a new SQLite store's Default experiment keeps artifacts in ./mlruns
     folder, _, _ = trained
     uri = f"sqlite:///{tmp_path}/registry.db"
     mlflow.set_tracking_uri(uri)
@@ -231,7 +232,7 @@ def test_registered_model_loads_from_the_registry(trained, tmp_path):
         mlflow.set_tracking_uri(None)
 
 
-def test_the_served_model_caps_length_and_never_echoes_a_huge_prompt(trained, tmp_path):
+def test_the_served_model_caps_length_and_never_echoes_a_huge_prompt(trained, tmp_path, monkeypatch):
     """A request above the model's limit (mlflow.serve_max_length when it was logged) is a 400
     before any generation; a megabyte prompt of unknown characters is not echoed back whole."""
     from pipeline import pyfunc
@@ -249,6 +250,7 @@ def test_the_served_model_caps_length_and_never_echoes_a_huge_prompt(trained, tm
     uri = f"sqlite:///{tmp_path}/limit.db"
     import shutil
 
+    monkeypatch.chdir(tmp_path)  # a new SQLite store's Default experiment keeps artifacts in ./mlruns
     limited_dir = tmp_path / "models"
     shutil.copytree(folder / "models", limited_dir)
     (limited_dir / "meta.json").write_text(json.dumps({**meta, "serve_max_length": 25}))
