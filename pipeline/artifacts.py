@@ -1,7 +1,9 @@
-"""Writing stage outputs so that a crash never leaves a half-written file in place:
-each is written beside its destination under a temporary name, then renamed over it."""
+"""Stage files on disk. Outputs are written so that a crash never leaves a half-written file in
+place: each beside its destination under a temporary name, then renamed over it. `sha256_of` is
+the content hash by which fetch verifies a download and the stage cache knows an input."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -41,3 +43,11 @@ def write_text(path: Path | str, text: str) -> None:
 
 def write_json(path: Path | str, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def sha256_of(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -24,6 +24,8 @@ from typing import Callable
 import yaml
 from omegaconf import OmegaConf
 
+from pipeline import artifacts
+
 ROOT = Path(__file__).resolve().parent.parent
 DVC_FILE = ROOT / "dvc.yaml"
 
@@ -56,17 +58,6 @@ def _code_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def _file_hash(path: Path) -> str | None:
-    """An input's content (None if it is missing: the stage itself then says so)."""
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def key(name: str, spec: dict, cfg, upstream: list[str], produced: frozenset[Path] = frozenset()) -> str:
     """`produced`: the paths the stages write (`outputs` of each); a dep among them is covered by
     its stage's key in `upstream`, any other non-code dep by its content."""
@@ -79,7 +70,8 @@ def key(name: str, spec: dict, cfg, upstream: list[str], produced: frozenset[Pat
         if d.startswith("pipeline/"):
             code[d] = _code_hash(ROOT / d)
         elif (path := Path(_interpolate(d, cfg))) not in produced:
-            inputs[str(path)] = _file_hash(ROOT / path.expanduser())  # dvc.yaml's paths are the project's
+            file = ROOT / path.expanduser()  # dvc.yaml's paths are the project's
+            inputs[str(path)] = artifacts.sha256_of(file) if file.is_file() else None  # missing: the stage says so
     outs = [str(p) for p in outputs(spec, cfg)]
     payload = json.dumps({"stage": name, "params": params, "code": code, "inputs": inputs, "upstream": upstream,
                           "outs": outs}, sort_keys=True)

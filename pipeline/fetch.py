@@ -8,7 +8,6 @@ Writes <paths.metrics>/fetch.json: the source used, the size and the sha256.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -24,14 +23,6 @@ MIRROR_ENV = "GENLAB_DATA_DIR"
 
 class FetchError(RuntimeError):
     pass
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _download(url: str, dest, timeout: float) -> None:
@@ -53,7 +44,7 @@ def fetch_corpus(name: str, url: str | None, sha256: str | None, dest: Path,
                  path: str | None, mirror: str | None, timeout: float) -> tuple[str, str]:
     """Place the corpus at `dest` and return (source, sha256). Nothing is left at `dest`
     unless its hash is right."""
-    if dest.exists() and sha256 and sha256_of(dest) == sha256:
+    if dest.exists() and sha256 and artifacts.sha256_of(dest) == sha256:
         return "already in place", sha256
 
     candidates = []
@@ -86,7 +77,7 @@ def fetch_corpus(name: str, url: str | None, sha256: str | None, dest: Path,
                         f"(or fetch.mirror=<folder>), or point corpus.path at a local copy.") from None
             else:
                 raise FetchError(f"corpus {name!r} has no url; set corpus.path to a local file")
-        actual = sha256_of(tmp)
+        actual = artifacts.sha256_of(tmp)
         if sha256 and actual != sha256:
             raise FetchError(f"corpus {name!r}: sha256 mismatch for {source}: expected {sha256}, got {actual}; "
                              f"the file is corrupt or not this corpus, nothing was written to {dest}")

@@ -125,18 +125,11 @@ def run_name(cfg, defaults) -> str:
     """A run's name: what its config changes from conf/'s defaults, short (`maxlen=40 units=64`),
     "defaults" when nothing: runs of different configs get different names, whatever the seed
     does to MLflow's random ones."""
-    def leaves(tree, prefix=""):
-        for k, v in tree.items():
-            if isinstance(v, dict):
-                yield from leaves(v, f"{prefix}{k}.")
-            else:
-                yield f"{prefix}{k}", v
-
     from omegaconf import OmegaConf
 
-    base = dict(leaves(OmegaConf.to_container(defaults, resolve=True)))
-    changed = {k: v for k, v in leaves(OmegaConf.to_container(cfg, resolve=True))
-               if base.get(k, object()) != v and not k.startswith(UNNAMED)}
+    base = flatten(OmegaConf.to_container(defaults, resolve=True))
+    changed = {k: v for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()
+               if base.get(k) != v and not k.startswith(UNNAMED)}
     return short_names(changed)[:200] or "defaults"
 
 

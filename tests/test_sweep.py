@@ -153,19 +153,14 @@ def test_every_param_a_stage_declares_is_in_its_cache_key():
     for name, spec in cache.stages().items():
         key = cache.key(name, spec, OmegaConf.create(base), ["up"])
         for param in cache._names(spec["params"]):
-            for leaf, value in _leaves(_select(base, param), param):
+            value = OmegaConf.select(OmegaConf.create(base), param)
+            for leaf, value in _leaves(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value, param):
                 edited = OmegaConf.create(base)
                 OmegaConf.update(edited, leaf, _changed(value), force_add=True)
                 assert cache.key(name, spec, edited, ["up"]) != key, f"{name}: {leaf} is not in its key"
                 checked.add((name, leaf))
     assert {("train", "seed"), ("sample", "seed"), ("train", "model.dropout"), ("vectorize", "vectorize.step"),
             ("fetch", "corpus.sha256"), ("sample", "sample.temperature")} <= checked
-
-
-def _select(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        tree = tree[part]
-    return tree
 
 
 def test_an_edited_corpus_file_is_fetched_again_not_served_from_the_cache(tmp_path, monkeypatch):
