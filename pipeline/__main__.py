@@ -54,7 +54,8 @@ def job(raw: DictConfig) -> dict:
         return run_stages(cfg, parent.get("run_id"), sweep.job_name(overrides, parent.get("swept", [])))
     # Named by what the user changed (Hydra cannot compose conf/'s defaults again inside its own job).
     typed = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
-    return run_stages(cfg, None, sweep.job_name(overrides, [k for k in typed if not k.startswith(tracking.UNNAMED)]) or "defaults")
+    named = [k for k in typed if not k.startswith(tracking.UNNAMED)]
+    return run_stages(cfg, None, sweep.job_name(overrides, named) or "defaults")
 
 
 def threads_per_job(n_jobs: int) -> int:

@@ -266,10 +266,7 @@ def _merge(schema, raw, source: str) -> DictConfig:
         key = getattr(e, "full_key", None)
         message = str(e).splitlines()[0]  # the rest repeats the key and the schema's class names
         if key and message.startswith("Key ") and " not in " in message:
-            known = _schema_keys(schema)
-            if schema is Config:
-                known += _schema_keys(MODEL_SCHEMAS[name], "model.")
-            message += _nearest(key, known)
+            message += _nearest(key, _known_keys(schema, *([MODEL_SCHEMAS[name]] if schema is Config else [])))
         raise ConfigError(f"{source}: {key + ': ' if key else ''}{message}") from None
     if missing:
         raise ConfigError(f"{source}: missing value for {', '.join(missing)}")
@@ -370,22 +367,12 @@ def _compose_raw(overrides, config_name: str = "config") -> DictConfig:
                 unknown = re.match(r"Could not override '([^']+)'", str(e))
                 if not unknown:
                     raise
-                known = _dotted_keys(OmegaConf.to_container(hydra_compose(config_name=config_name)))
+                known = _known_keys(Generate) if config_name == "generate" else _known_keys(Config, *MODEL_SCHEMAS.values())
                 raise ConfigError(f"{source}: unknown key {unknown[1]}{_nearest(unknown[1], known)}") from None
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(f"{source}: {e}") from None
     return cfg
-
-
-def _dotted_keys(tree: dict, prefix: str = "") -> list[str]:
-    """Every key of a nested config, dotted (`vectorize.maxlen`), sections included."""
-    keys = []
-    for k, v in tree.items():
-        keys.append(f"{prefix}{k}")
-        if isinstance(v, dict):
-            keys += _dotted_keys(v, f"{prefix}{k}.")
-    return keys
 
 
 def _schema_keys(schema, prefix: str = "") -> list[str]:
@@ -400,6 +387,11 @@ def _schema_keys(schema, prefix: str = "") -> list[str]:
         if dataclasses.is_dataclass(hints[f.name]):
             keys += _schema_keys(hints[f.name], f"{prefix}{f.name}.")
     return keys
+
+
+def _known_keys(schema, *models) -> list[str]:
+    """The keys `schema` allows, with the `model.` keys of the model schemas given."""
+    return [*_schema_keys(schema), *dict.fromkeys(k for m in models for k in _schema_keys(m, "model."))]
 
 
 def _nearest(key: str, known: list[str]) -> str:
