@@ -56,6 +56,7 @@ class Fetch:
 
 @dataclass
 class Vectorize:
+    normalize: bool = MISSING
     lowercase: bool = MISSING
     max_chars: Optional[int] = MISSING
     val_fraction: float = MISSING

@@ -129,22 +129,42 @@ def split(text: str, val_fraction: float, maxlen: int, source: str) -> tuple[str
     return train, val
 
 
+def normalize(text: str) -> tuple[str, dict[str, int]]:
+    """`text` without a leading byte-order mark and with Windows (\\r\\n) and old Mac (lone \\r)
+    line ends as \\n, and how many of each there were: otherwise they become characters of the
+    vocabulary, and generated text gets stray carriage returns."""
+    crlf = text.count("\r\n")
+    counts = {"bom": int(text.startswith("\ufeff")), "crlf": crlf, "cr": text.count("\r") - crlf}
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n"), counts
+
+
 def run(cfg) -> dict:
     v = cfg.vectorize
     raw = Path(cfg.paths.raw) / f"{cfg.corpus.name}.txt"
-    text = read_corpus(raw)
+    # Errors name the user's own file where there is one: data/raw/ holds a byte-identical copy.
+    source = Path(cfg.corpus.path) if cfg.corpus.path else raw
+    try:
+        text = read_corpus(raw)
+    except VectorizeError as e:
+        raise VectorizeError(str(e).replace(str(raw), str(source), 1)) from None
+    normalized = None
+    if v.normalize:
+        text, normalized = normalize(text)
+        if any(normalized.values()):
+            print(f"vectorize: {source}: removed {normalized['bom']} byte-order mark(s), turned {normalized['crlf']} "
+                  f"\\r\\n and {normalized['cr']} lone \\r into \\n (vectorize.normalize=false keeps them)")
     if v.lowercase:
         text = text.lower()
     if v.max_chars is not None:
         text = text[: v.max_chars]
     if not text:
-        raise VectorizeError(f"{raw}: the corpus is empty")
-    train_text, val_text = split(text, v.val_fraction, v.maxlen, str(raw))
+        raise VectorizeError(f"{source}: the corpus is empty")
+    train_text, val_text = split(text, v.val_fraction, v.maxlen, str(source))
     vocab = build_vocab(text)
     try:
         train_ids, val_ids = encode(train_text, vocab), encode(val_text, vocab)
     except VectorizeError as e:
-        raise VectorizeError(f"{raw}: {e}") from None
+        raise VectorizeError(f"{source}: {e}") from None
     out = Path(cfg.paths.prepared)
     for folder in (out, Path(cfg.paths.metrics)):
         artifacts.ensure_writable(folder)
@@ -162,6 +182,7 @@ def run(cfg) -> dict:
         "windows_all": count_windows(len(text), v.maxlen, v.step),
         "windows_train": count_windows(len(train_text), v.maxlen, v.step),
         "windows_val": count_windows(len(val_text), v.maxlen, v.step),
+        **{f"normalized_{k}": n for k, n in (normalized or {}).items()},
     }
     artifacts.write_json(Path(cfg.paths.metrics) / "vectorize.json", summary)
     print("vectorize: " + json.dumps(summary))

@@ -132,3 +132,34 @@ def test_one_dataset_for_all_epochs_gives_each_epochs_batches(shuffle, targets):
         seen[epoch] = np.concatenate([x[:, 0] for x, _ in got])
     assert sorted(seen[0].tolist()) == sorted(seen[1].tolist())  # the same windows, each once
     assert (seen[0] == seen[1]).all() == (shuffle is None)  # in a new order each epoch when shuffled
+
+
+def test_a_bom_and_windows_line_ends_are_normalised_and_reported(workdir, capsys):
+    """A leading BOM is dropped and \\r\\n and lone \\r become \\n, so none of them enters the
+    vocabulary; the stage says so and records the counts; vectorize.normalize=false keeps the text."""
+    own = workdir / "windows.txt"
+    own.write_bytes(("\ufeff" + "line one\r\nline two\rline three\r\n" * 40).encode("utf-8"))
+    cfg = tiny(workdir, "corpus=custom", f"corpus.path={own}", "vectorize.maxlen=10")
+    fetch.run(cfg)
+    summary = vectorize.run(cfg)
+    vocab = json.loads((workdir / "data/prepared/vocab.json").read_text(encoding="utf-8"))
+    assert "\ufeff" not in vocab and "\r" not in vocab and "\n" in vocab
+    assert (summary["normalized_bom"], summary["normalized_crlf"], summary["normalized_cr"]) == (1, 80, 40)
+    ids = np.concatenate([np.load(workdir / "data/prepared/train.npy"), np.load(workdir / "data/prepared/val.npy")])
+    assert vectorize.decode(ids, vocab) == "line one\nline two\nline three\n" * 40
+    assert f"{own}: removed 1 byte-order mark(s), turned 80 \\r\\n and 40 lone \\r into \\n" in capsys.readouterr().out
+    assert json.loads((workdir / "metrics/vectorize.json").read_text())["normalized_crlf"] == 80
+
+    kept = vectorize.run(tiny(workdir, "corpus=custom", f"corpus.path={own}", "vectorize.maxlen=10",
+                              "vectorize.normalize=false"))
+    vocab = json.loads((workdir / "data/prepared/vocab.json").read_text(encoding="utf-8"))
+    assert "\ufeff" in vocab and "\r" in vocab and "normalized_crlf" not in kept
+
+
+def test_errors_name_the_users_file_not_the_copy(workdir):
+    own = workdir / "mine.txt"
+    own.write_bytes("café".encode("latin-1") * 50)
+    cfg = tiny(workdir, "corpus=custom", f"corpus.path={own}")
+    fetch.run(cfg)
+    with pytest.raises(vectorize.VectorizeError, match=rf"^{own}: not UTF-8 text"):
+        vectorize.run(cfg)
