@@ -16,17 +16,47 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pipeline import cache, config, fetch, sample, sweep, tracking, train, vectorize
+from pipeline.callbacks import TrainError
 
 STAGES = {"fetch": fetch.run, "vectorize": vectorize.run, "train": train.run, "sample": sample.run}
 # What a job logs to its MLflow run for a stage it reused instead of running (fetch and vectorize log nothing).
 LOG_REUSED = {"train": train.log_reused, "sample": sample.log_reused}
 
 
+def expected_errors() -> tuple[type[Exception], ...]:
+    """What the stages' own commands report as one `error:` line (bad input, config or store);
+    anything else is a bug and keeps its traceback. (pipeline.model imports Keras: only when asked.)"""
+    from pipeline.model import ModelError
+
+    return (config.ConfigError, fetch.FetchError, vectorize.VectorizeError, TrainError, sample.SampleError, ModelError,
+            tracking.TrackingError, OSError)
+
+
+class JobFailed(CompactHydraException):
+    """An expected error in a sweep's job: Hydra reports the job and this one line, no traceback,
+    and runs the sweep's other jobs."""
+
+
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def job(raw: DictConfig) -> dict:
+    """One job: its stages, or, for an expected error (bad input, config, store), one line that
+    names the file or key, as the stages' own commands print it; a bug keeps its traceback."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return _job(raw)
+    except expected_errors() as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise JobFailed(f"error: {e}") from None
+        sys.exit(f"error: {e}")
+
+
+def _job(raw: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -68,28 +98,67 @@ def threads_per_job(n_jobs: int) -> int:
 
 def run_stages(cfg, parent_run_id: str | None = None, run_name: str | None = None) -> dict:
     """Every stage in order inside one MLflow run (a child of `parent_run_id` when given), each run
-    or reused from the cache."""
+    or reused from the cache. A run that fails for an expected error carries it as its `error` tag."""
     import mlflow
 
     experiment_id = tracking.connect(tracking.resolve_uri(cfg.mlflow.tracking_uri), cfg.mlflow.experiment)
+    params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True))
+    resumed = None if parent_run_id else resumable_run(cfg, params)
     results, keys = {}, []
-    with mlflow.start_run(experiment_id=experiment_id, parent_run_id=parent_run_id, run_name=run_name):
-        for name, stage in STAGES.items():
-            if cfg.cache.enabled:
-                result, status, key = cache.run(name, stage, cfg, keys, Path(cfg.cache.dir))
-            else:
-                result, status, key = stage(cfg), "ran", ""
-            keys.append(key)
-            mlflow.set_tags({f"stage.{name}": status, f"stage.{name}.key": key})
-            if status == "reused":
-                print(f"{name}: reused (cache key {key})", flush=True)
-                if name in LOG_REUSED:
-                    LOG_REUSED[name](cfg, result)
-            results[name] = {**result, "status": status, "key": key}
+    with mlflow.start_run(run_id=resumed, experiment_id=None if resumed else experiment_id, parent_run_id=parent_run_id,
+                          run_name=None if resumed else run_name):
+        # Before any stage: a job that fails still shows its config and its place in the sweep.
+        mlflow.log_params(params)
+        mlflow.set_tags(tracking.flatten(OmegaConf.to_container(cfg.mlflow.tags)))
+        try:
+            for name, stage in STAGES.items():
+                if cfg.cache.enabled:
+                    result, status, key = cache.run(name, stage, cfg, keys, Path(cfg.cache.dir))
+                else:
+                    result, status, key = stage(cfg), "ran", ""
+                keys.append(key)
+                mlflow.set_tags({f"stage.{name}": status, f"stage.{name}.key": key})
+                if status == "reused":
+                    print(f"{name}: reused (cache key {key})", flush=True)
+                    if name in LOG_REUSED:
+                        LOG_REUSED[name](cfg, result)
+                results[name] = {**result, "status": status, "key": key}
+        except expected_errors() as e:
+            mlflow.set_tag("error", str(e)[:5000])  # the UI then shows why the run FAILED
+            raise
     return results
 
 
+def resumable_run(cfg, params: dict[str, str]) -> str | None:
+    """The MLflow run a killed job in this folder left, to go on in, when its training checkpoint
+    names one and that run holds this very config (a job folder rerun with other settings gets a
+    new run, and the old one, if still RUNNING, is marked KILLED: its process is gone)."""
+    import mlflow
+
+    from pipeline import checkpoint
+
+    found = checkpoint.latest_state(Path(cfg.paths.checkpoints))
+    run_id = found and found[1].get("run_id")
+    if not run_id:
+        return None
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return None  # another store, or the run was deleted
+    if run.data.params == params:
+        print(f"job: going on in MLflow run {run_id}, which the checkpoint in {cfg.paths.checkpoints} names", flush=True)
+        return run_id
+    if run.info.status == "RUNNING":
+        client.set_terminated(run_id, "KILLED")
+    return None
+
+
 def main() -> None:
+    try:
+        config.check_overrides(sys.argv[1:])
+    except config.ConfigError as e:
+        sys.exit(f"error: {e}")
     # Hydra changes the working directory before the job runs: make a relative mirror absolute.
     if os.environ.get(fetch.MIRROR_ENV):
         os.environ[fetch.MIRROR_ENV] = str(Path(os.environ[fetch.MIRROR_ENV]).resolve())

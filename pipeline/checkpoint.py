@@ -51,18 +51,27 @@ def load_arrays(path: Path) -> list[np.ndarray]:
         return [z[f"arr_{i}"] for i in range(len(z.files))]
 
 
-def latest(folder: Path, expected_fingerprint: str) -> tuple[Path, dict] | None:
-    """The newest complete checkpoint (its folder and state) if it belongs to this configuration
-    and data, else None (and a word on why, when there was one to ignore)."""
+def latest_state(folder: Path) -> tuple[Path, dict] | None:
+    """The newest complete checkpoint's folder and state, whatever configuration it is of; None if
+    there is none (or it cannot be read: a word on why)."""
     pointer = Path(folder) / LATEST
     if not pointer.is_file():
         return None
     target = Path(folder) / pointer.read_text(encoding="utf-8").strip()
     try:
-        state = json.loads((target / "state.json").read_text(encoding="utf-8"))
+        return target, json.loads((target / "state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         print(f"train: ignoring the unreadable checkpoint {target} ({e}); starting from scratch", flush=True)
         return None
+
+
+def latest(folder: Path, expected_fingerprint: str) -> tuple[Path, dict] | None:
+    """The newest complete checkpoint (its folder and state) if it belongs to this configuration
+    and data, else None (and a word on why, when there was one to ignore)."""
+    found = latest_state(folder)
+    if found is None:
+        return None
+    target, state = found
     if state.get("fingerprint") != expected_fingerprint:
         print(f"train: ignoring the checkpoint in {folder}: it is of another configuration or other data; "
               "starting from scratch", flush=True)

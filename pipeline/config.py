@@ -405,6 +405,26 @@ def _nearest(key: str, known: list[str]) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
+def check_overrides(args: list[str], config_name: str = "config") -> None:
+    """A command line's overrides composed before Hydra's own app sees them, so that an unknown
+    key or group option is one ConfigError line with the nearest key, not Hydra's hint and
+    traceback. A sweep (`a=1,2`) is checked with its first value; ranges are left to each job (a
+    sweep runs its good jobs), Hydra's own keys and syntax errors to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
+    except Exception:  # noqa: BLE001 - Hydra reports bad syntax itself
+        return
+    first = []
+    for o in parsed:
+        if o.is_hydra_override():
+            continue
+        value = next(iter(o.sweep_string_iterator()), None) if o.is_sweep_override() else o.value()
+        first.append(f"{o.get_key_element()}={value}" if o.is_sweep_override() else o.input_line)
+    _compose_raw(first, config_name)
+
+
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """conf/ composed with Hydra overrides, interpolations resolved, validated."""
     return validate(_compose_raw(overrides), _source(overrides))

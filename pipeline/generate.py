@@ -109,6 +109,10 @@ def _main(raw: DictConfig) -> None:
 
 
 def main() -> None:
+    try:
+        config.check_overrides(sys.argv[1:], "generate")
+    except config.ConfigError as e:
+        sys.exit(f"error: {e}")
     _main()
 
 

@@ -162,7 +162,8 @@ def plots(rows: list[dict]) -> dict:
         xs = sorted(points)
         ax.plot(xs, [points[x] for x in xs], "o-", label=name)
     ax.set(xlabel="vectorize.maxlen", ylabel="best val_loss (nats/char)", title="validation loss against maxlen")
-    ax.legend(fontsize=7)
+    if models:  # no job trained (all failed): an empty plot, without matplotlib's warning
+        ax.legend(fontsize=7)
     loss.tight_layout()
 
     metrics, axes = plt.subplots(2, 4, figsize=(14, 6))

@@ -113,6 +113,73 @@ def test_hydra_multirun_gives_one_mlflow_run_per_job(workdir, data_dir):
         assert (workdir / "sweep" / job / "samples" / f"temperature_{t}.txt").exists()
 
 
+def _pipeline(workdir, *args):
+    return subprocess.run([sys.executable, "-m", "pipeline", *args, f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db"],
+                          cwd=workdir, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_expected_errors_under_python_m_pipeline_are_one_line_and_tag_the_failed_run(workdir):
+    """As under dvc repro: `error: <the user's file>: ...`, a non-zero exit, no traceback, and the
+    FAILED MLflow run says why; in a sweep the failed job is named and the others run; a typo in a
+    key is caught before Hydra with the nearest key."""
+    (workdir / "binary.txt").write_bytes(b"text\x00more text" * 100)
+    single = _pipeline(workdir, "experiment=tiny", "corpus=custom", "corpus.path=binary.txt", "hydra.run.dir=one")
+    assert single.returncode != 0 and "Traceback" not in single.stderr
+    message = f"{workdir / 'binary.txt'}: a binary file, not text (a NUL byte at byte offset 4)"
+    assert single.stderr.strip().splitlines()[-1] == f"error: {message}"
+    client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("genlab-textgen").experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags["error"] == message
+
+    swept = _pipeline(workdir, "-m", "experiment=tiny", "train.epochs=1", "sample.temperature=0.5", "corpus=custom",
+                      "corpus.path=binary.txt,missing.txt", "hydra.sweep.dir=sweep")
+    assert swept.returncode != 0 and "Traceback" not in swept.stderr
+    assert f"error: {message}" in swept.stderr and "Error executing job with overrides" in swept.stderr
+    assert (workdir / "sweep/1").is_dir()  # the second job ran too
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("genlab-textgen").experiment_id]) if r.data.tags.get("sweep.job") == "1"]
+    assert runs[0].data.tags["error"] == f"corpus.path: {workdir / 'missing.txt'} does not exist or is not a file"
+    assert runs[0].data.params["corpus.path"] == str(workdir / "missing.txt")  # the failed job's config is there
+
+    typo = _pipeline(workdir, "-m", "vectorise.maxlen=20,40")
+    assert typo.returncode != 0 and "Traceback" not in typo.stderr and "+vectorise" not in typo.stderr
+    assert typo.stderr.strip().endswith("unknown key vectorise.maxlen; did you mean vectorize.maxlen?")
+
+
+@pytest.mark.slow
+def test_a_killed_hydra_job_resumes_in_its_own_mlflow_run(workdir, stall_after_epoch):
+    """`python -m pipeline ... hydra.run.dir=<fixed>`, SIGKILLed after epoch 2's checkpoint, then
+    started again: training resumes, in the run the checkpoint names (params and tags kept), which
+    ends FINISHED; no second run."""
+    import os
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "pipeline", "experiment=tiny", "vectorize.max_chars=60000", "train.epochs=4",
+            "sample.temperature=0.5", f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db", "hydra.run.dir=job"]
+    proc = subprocess.Popen(args, cwd=workdir, env={**os.environ, **stall_after_epoch(2)}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    latest, deadline = workdir / "job/checkpoints/latest", time.time() + 600
+    while not (latest.exists() and latest.read_text().strip() >= "epoch_0002"):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    experiment = client.get_experiment_by_name("genlab-textgen").experiment_id
+    (killed,) = client.search_runs([experiment])
+    assert killed.info.status == "RUNNING"  # what a SIGKILL leaves
+
+    again = subprocess.run(args, cwd=workdir, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "train: resuming after epoch 2" in again.stdout and killed.info.run_id in again.stdout
+    (run,) = client.search_runs([experiment])
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "4" and "tensorflow" in run.data.tags and "data.train_md5" in run.data.tags
+    assert run.data.tags["resumed_from_epoch"] == "2"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss")) == [1, 2, 3, 4]
+
+
 def test_steps_per_execution_changes_speed_not_the_weights():
     """`train.steps_per_execution` batches several steps into one compiled call: the same
     batches in the same order, so the same weights, also when the epoch is not a multiple of it."""
