@@ -99,6 +99,9 @@ def run(cfg, out=None) -> dict:
 def _main(raw: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from pipeline.machine import import_tensorflow
+
+    import_tensorflow()  # before Keras: without TensorFlow's start-up lines on a machine without a GPU
     from pipeline import model as models
 
     overrides = list(HydraConfig.get().overrides.task)

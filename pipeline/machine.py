@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -116,6 +117,43 @@ def set_threads(threads: int | None, parts: int) -> None:
         limit_threads(1, parts)
     elif threads:
         limit_threads(threads, threads)
+
+
+# TensorFlow's start-up lines on a machine without a GPU: informational (oneDNN, the CPU's
+# instruction sets, no CUDA driver), but printed as "E0000 ... CUDA error", which reads as a failure.
+_STARTUP_NOISE = re.compile(r"absl::InitializeLog|port\.cc:\d+\] oneDNN custom operations|cudart_stub\.cc|"
+                            r"cpu_feature_guard\.cc|^To enable the following instructions|cuda_platform\.cc")
+
+
+def import_tensorflow():
+    """TensorFlow, imported without its start-up lines where no GPU is likely; call it before the
+    first `import keras`. Setting TF_CPP_MIN_LOG_LEVEL yourself (0: everything) keeps them all, as
+    does a GPU machine, where they say which devices TensorFlow found. Any other line it prints while
+    loading is passed on, and all of them if the import fails."""
+    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") is not None or gpu_likely():
+        import tensorflow as tf
+
+        return tf
+    import tempfile
+
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # the cuInit error at the first op, after the import
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)  # the native libraries write to file descriptor 2, not to sys.stderr
+        os.dup2(captured.fileno(), 2)
+        failed = True
+        try:
+            import tensorflow as tf
+
+            failed = False
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines():
+                if failed or not _STARTUP_NOISE.search(line):
+                    print(line, file=sys.stderr)
+    return tf
 
 
 def peak_rss_mib() -> float:

@@ -33,6 +33,9 @@ def _prompts(model_input) -> list[str]:
 
 class TextGenerator(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
+        from pipeline.machine import import_tensorflow
+
+        import_tensorflow()  # before Keras: the server's log without TensorFlow's start-up lines
         from pipeline import model as models
         from pipeline.generator import for_model
 

@@ -3,10 +3,11 @@
 Reads <paths.models>/model.keras and meta.json (vocab, maxlen, the MLflow run), the held-out
 <paths.prepared>/val.npy (for the default prompt and the held-out loss), train.npy (to measure memorisation: see
 `pipeline.sample_metrics`), and `seed`, `sample` and `vectorize.maxlen`/`step`/`val_step`. Writes
-<paths.samples>/temperature_<T>.txt for each temperature and <paths.metrics>/sample.json (with
-val_loss and val_bpc: the final model on the held-out windows, which agree with the train
-stage's best_val_loss), and
-logs the texts to the training's MLflow run under sample/.
+<paths.samples>/temperature_<T>.txt for each temperature, <paths.metrics>/sample.json (the DVC
+metrics: val_loss and val_bpc, the final model on the held-out windows, which agree with the train
+stage's best_val_loss; speed; per temperature nll_per_char and distinct_2) and sample_info.json
+(the whole record: prompt, settings, every sample metric), and logs the texts to the training's
+MLflow run under sample/.
 """
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ import numpy as np
 from pipeline import artifacts, config, sample_metrics, tracking
 from pipeline.config import temperatures
 from pipeline.vectorize import decode, make_dataset
+
+
+# What metrics/sample.json (a DVC metric) keeps of the stage's record: the held-out loss, speed and,
+# per temperature, the sample's likelihood under the model and how much it repeats itself.
+COMPARED = ("val_loss", "val_bpc", "chars_per_second")
+COMPARED_PER_T = ("nll_per_char", "distinct_2")
 
 
 class SampleError(ValueError):
@@ -47,6 +54,9 @@ def encode_prompt(prompt: str, vocab: list[str], lowercase: bool, key: str = "sa
 
 
 def run(cfg) -> dict:
+    from pipeline.machine import import_tensorflow
+
+    import_tensorflow()  # before Keras: without TensorFlow's start-up lines on a machine without a GPU
     from pipeline import model as models
     from pipeline.generator import for_model, held_out_prompt
 
@@ -98,7 +108,11 @@ def run(cfg) -> dict:
 
     result = {"val_loss": val_loss, "val_bpc": val_loss / math.log(2), "prompt": prompt, "temperatures": temps, "length": s.length, "mode": s.mode, "greedy": s.greedy,
               "seconds": seconds, "chars_per_second": len(temps) * s.length / max(seconds, 1e-9), "metrics": measured}
-    artifacts.write_json(Path(cfg.paths.metrics) / "sample.json", result)
+    # DVC metrics hold the numbers experiments are compared by (`dvc exp show` gets a column for
+    # each); the whole record (prompt, settings, every sample metric) goes beside them and to MLflow.
+    artifacts.write_json(Path(cfg.paths.metrics) / "sample_info.json", result)
+    artifacts.write_json(Path(cfg.paths.metrics) / "sample.json", {
+        **{k: result[k] for k in COMPARED}, "metrics": {t: {k: m[k] for k in COMPARED_PER_T} for t, m in measured.items()}})
 
     with tracking.run(meta["mlflow"]["run_id"]):
         log(texts, result)

@@ -26,8 +26,8 @@ from omegaconf import OmegaConf
 
 from pipeline import artifacts, callbacks, config, lstm_cpu, tracking
 from pipeline.callbacks import TrainError
-from pipeline.machine import (batch_parts, build_loops_first, peak_rss_mib, prepare_fused_lstm, release_free_memory,
-                              set_threads)
+from pipeline.machine import (batch_parts, build_loops_first, import_tensorflow, peak_rss_mib, prepare_fused_lstm,
+                              release_free_memory, set_threads)
 from pipeline.vectorize import make_dataset
 
 DATA_FILES = ("train.npy", "val.npy", "vocab.json")
@@ -97,11 +97,11 @@ def run(cfg) -> dict:
         # Before TensorFlow's import: a child process compiling the loops (the first time on a
         # machine) and this process never hold their memory at once.
         lstm_cpu.compile_apart()
+    tf = import_tensorflow()
     import keras
     import mlflow
-    import tensorflow as tf
 
-    from pipeline import checkpoint, pyfunc  # pyfunc imports MLflow: after main() hid what it need not load
+    from pipeline import checkpoint, pyfunc
     from pipeline.model import Parallel, build as build_model, why_not_fusable
 
     prepared, models_dir, metrics_dir = Path(cfg.paths.prepared), Path(cfg.paths.models), Path(cfg.paths.metrics)

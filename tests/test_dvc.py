@@ -3,6 +3,7 @@ import csv
 import io
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -135,6 +136,17 @@ def test_dvc_experiments_compose_params_from_conf_and_run_a_grid(repo):
     for (t, m), r in grid.items():
         assert float(r["best_val_loss"]) > 0 and float(r[f"metrics.{t}.nll_per_char"]) > 0
     assert grid[("0.2", "16")]["best_val_loss"] == grid[("1.0", "16")]["best_val_loss"]  # one model per maxlen
+    # README's `dvc exp show` line, in a 120-column terminal: every experiment's best_val_loss on
+    # screen, beside the params that differ, and no column cut to "…".
+    (line,) = [ln for ln in (REPO / "README.md").read_text().splitlines() if ln.startswith("dvc exp show")]
+    command = shlex.split(line.split("#")[0])[1:]
+    table = subprocess.run([*dvc, *command, "--no-pager"], cwd=path, env={**env, "COLUMNS": "120"},
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    assert max(len(row) for row in table) <= 120 and "…" not in "\n".join(table)
+    header = next(row for row in table if "Experiment" in row).split()
+    assert header[1] == "best_val_loss" and {"vectorize.maxlen", "sample.temperature"} <= set(header)
+    experiments = [row for row in table if re.match(r"\s*[├└]── \w+ \[[\w-]+\]\s+\d+\.\d+\s", row)]
+    assert len(experiments) == 5, "\n".join(table)  # each with its best_val_loss
     # The run cache now holds the maxlen-16 model: a new temperature for it trains nothing.
     out = _sh([*dvc, "exp", "run", "-S", "experiment=tiny", "-S", "sample.temperature=0.7",
                "-S", "vectorize.maxlen=16"], path, env)

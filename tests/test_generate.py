@@ -264,3 +264,18 @@ def test_the_served_model_caps_length_and_never_echoes_a_huge_prompt(trained, tm
             limited.predict(["the"], params={"length": 26})
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_no_tensorflow_start_up_lines_on_a_machine_without_a_gpu_unless_asked(trained):
+    """A newcomer reads `E0000 ... failed call to cuInit: CUDA error` as a failure: without a GPU
+    the commands print none of TensorFlow's start-up lines; TF_CPP_MIN_LOG_LEVEL=0 shows them."""
+    folder, _, _ = trained
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["CUDA_VISIBLE_DEVICES"] = "-1"  # no GPU, whatever this machine has
+    cmd = [sys.executable, "-m", "pipeline.generate", f"model_dir={folder / 'models'}", "prompt=the", "length=5"]
+    quiet = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and quiet.stdout.startswith("the")
+    noise = [line for line in quiet.stderr.splitlines() if line.startswith(("I0000", "W0000", "E0000", "WARNING: All log"))]
+    assert noise == [], quiet.stderr[-2000:]
+    verbose = subprocess.run(cmd, env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"}, capture_output=True, text=True, timeout=300)
+    assert verbose.returncode == 0 and "I0000" in verbose.stderr
