@@ -98,3 +98,15 @@ def stall_after_epoch(tmp_path):
     (hook / "sitecustomize.py").write_text(_STALL, encoding="utf-8")
     path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
     return lambda n: {"PYTHONPATH": path, "GENLAB_TEST_STALL_AFTER_EPOCH": str(n)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_to_the_project_root():
+    """Tests write under their temporary folders only: MLflow's default store (./mlruns, where a
+    new SQLite store's Default experiment keeps artifacts when run from here) must not appear in
+    the project root."""
+    stray = [REPO / name for name in ("mlruns", "mlartifacts", "mlflow.db", "outputs", "multirun")]
+    before = {p for p in stray if p.exists()}
+    yield
+    made = [str(p) for p in stray if p.exists() and p not in before]
+    assert not made, f"the tests wrote {made} into the project root"
