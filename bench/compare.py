@@ -9,7 +9,7 @@ Every measurement runs in a fresh process of its own (so peak RSS is that side's
 only the work, after imports and any warm-up. Cheap figures are the median of --reps runs: of
 --reps processes for vectorize, of --reps runs in one process per side for generation. Training
 at batch 128 is the book's whole one-epoch fit() against genlab's real pipeline: a throwaway copy of
-the project, `dvc repro` with train.epochs=1, whose train stage reports its epoch time (validation,
+the project, `dvc repro` with text.train.epochs=1, whose train stage reports its epoch time (validation,
 per-epoch samples and checkpoint included), loss and peak RSS in metrics/train.json; the same copy
 then times no-op repros. The two run in turn, --train-reps times each (median; default 1: each is a
 full epoch). Batch 512 (reported, no target) runs once with and once without XLA, over the first
@@ -58,7 +58,7 @@ def child_vectorize(side: str) -> dict:
         return {"seconds": time.perf_counter() - started, "windows": len(x), "bytes_out": x.nbytes + y.nbytes}
     import numpy as np
 
-    from pipeline import vectorize as v
+    from pipeline.text import vectorize as v
 
     out = Path(tempfile.mkdtemp())
     started = time.perf_counter()  # what the vectorize stage does: read, split, ids, write .npy
@@ -116,11 +116,13 @@ def child_train(side: str, batch: int, jit: bool, batches: int = 0, mark: int = 
         history = model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=[phases])
         seconds, samples = time.perf_counter() - started, len(x)
     else:
-        from pipeline import config, train, vectorize as v
-        from pipeline.machine import batch_parts, prepare_fused_lstm, set_threads
-        from pipeline.model import MODELS, Parallel
+        from pipeline import config
+        from pipeline.text import train, vectorize as v
+        from pipeline.machine import set_threads
+        from pipeline.text.cpu import batch_parts, prepare_fused_lstm
+        from pipeline.text.model import MODELS, Parallel
 
-        cfg = config.compose([f"train.batch_size={batch}"])
+        cfg = config.compose([f"text.train.batch_size={batch}"])
         t = cfg.train
         # As the train stage runs it; XLA compiles the step into one program for all the threads, which
         # batch parts (one thread per op) would starve: 983 samples/s at batch 512 with 2 parts, 1,580 with 1.
@@ -181,8 +183,8 @@ def child_generate(side: str, length: int, reps: int) -> dict:
         seconds = statistics.median(timed(lambda: book.generate(model, seed_text, chars, index, MAXLEN, length, 0.5))
                                     for _ in range(reps))
         return {"window_1_chars_per_second": length / seconds, "window_1_seconds_per_stream_char": seconds / length}
-    from pipeline.generator import Generator
-    from pipeline.model import MODELS
+    from pipeline.text.generator import Generator
+    from pipeline.text.model import MODELS
 
     gen = Generator(MODELS["lstm"](len(chars), UNITS), MAXLEN)
     prompt = np.array([chars.index(c) for c in seed_text])
@@ -229,14 +231,14 @@ def child_dvc(reps: int) -> dict:
         env = {**os.environ, "GENLAB_DATA_DIR": str(_corpus().parent.resolve()), "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         subprocess.run(["git", "init", "-q"], cwd=work, check=True)
-        for command in (["pipeline.config", "train.epochs=1"], ["dvc", "repro"]):
+        for command in (["pipeline.config", "text.train.epochs=1"], ["dvc", "repro"]):
             done = subprocess.run([sys.executable, "-m", *command], cwd=work, env=env, capture_output=True, text=True)
             if done.returncode:  # what failed, not only that it did
                 raise RuntimeError(f"{' '.join(command)} in {work} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         trained = json.loads((work / "metrics/train.json").read_text(encoding="utf-8"))
         import numpy as np
 
-        from pipeline.vectorize import count_windows
+        from pipeline.text.vectorize import count_windows
 
         samples = count_windows(len(np.load(work / "data/prepared/train.npy")), MAXLEN, STEP)
         times = []

@@ -1,5 +1,5 @@
 """GPU figures on a machine that has PyTorch and no TensorFlow (the lent `device` machine): the
-project's own model builders (pipeline.model) trained through Keras 3's torch backend, which runs
+project's own model builders (pipeline.text.model) trained through Keras 3's torch backend, which runs
 LSTM and GRU layers on cuDNN when their activations are Keras's defaults and there is no recurrent
 dropout (this script counts the kernel calls to show it).
 
@@ -49,23 +49,24 @@ GPU_RESULTS = ROOT / "bench/gpu.json"
 # tiny-shakespeare quality experiment itself; the others change its family or depth.
 RECIPES = {
     "lstm2x512": ["experiment=quality_tinyshakespeare"],
-    "lstm3x512": ["experiment=quality_tinyshakespeare", "model.layers=3", "model.dropout=0.3"],
-    "gru2x512": ["experiment=quality_tinyshakespeare", "model=gru"],
+    "lstm3x512": ["experiment=quality_tinyshakespeare", "text.model.layers=3", "text.model.dropout=0.3"],
+    "gru2x512": ["experiment=quality_tinyshakespeare", "text/model=gru"],
     # kernel 2, dilations 1..64: a receptive field of 128 characters, the whole window
-    "conv1d256": ["experiment=quality_tinyshakespeare", "model=conv1d", "~model.layers", "model.units=256",
-                  "model.dilations=[1,2,4,8,16,32,64]", "model.dropout=0.2"],
+    "conv1d256": ["experiment=quality_tinyshakespeare", "text/model=conv1d", "~model.layers", "text.model.units=256",
+                  "text.model.dilations=[1,2,4,8,16,32,64]", "text.model.dropout=0.2"],
 }
 
 
 def prepare(folder: Path) -> None:
     import tempfile
 
-    from pipeline import config, fetch, vectorize
+    from pipeline import config
+    from pipeline.text import fetch, vectorize
 
     with tempfile.TemporaryDirectory() as raw:  # the corpora themselves stay out of DIR
         for corpus in ("nietzsche", "tinyshakespeare"):
-            cfg = config.compose([f"corpus={corpus}", f"paths.raw={raw}", f"paths.prepared={folder / corpus}",
-                                  f"paths.metrics={raw}/metrics"])
+            cfg = config.compose([f"text/corpus={corpus}", f"text.paths.raw={raw}", f"text.paths.prepared={folder / corpus}",
+                                  f"text.paths.metrics={raw}/metrics"])
             fetch.run(cfg)
             vectorize.run(cfg)
 
@@ -120,13 +121,13 @@ def kernels(vocab_size: int, counts: Counter) -> dict:
     from omegaconf import OmegaConf
 
     from pipeline import config
-    from pipeline.model import MODELS, build
+    from pipeline.text.model import MODELS, build
 
     x = np.random.default_rng(0).integers(0, vocab_size, (32, 60)).astype(np.int32)
     out = {}
     for name in MODELS:
         counts.clear()
-        model = build(vocab_size, **OmegaConf.to_container(config.compose([f"model={name}"]).model))
+        model = build(vocab_size, **OmegaConf.to_container(config.compose([f"text/model={name}"]).model))
         model.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy")
         model.train_on_batch(x, x[:, -1])
         out[name] = dict(counts)
@@ -140,8 +141,8 @@ def throughput(folder: Path, batch: int, counts: Counter) -> dict:
     from omegaconf import OmegaConf
 
     from pipeline import config
-    from pipeline.model import build
-    cfg = config.compose([f"train.batch_size={batch}"])
+    from pipeline.text.model import build
+    cfg = config.compose([f"text.train.batch_size={batch}"])
     train, _, vocab = _load(folder / "nietzsche")
     x, y = windows(train, cfg.vectorize.maxlen, cfg.vectorize.step)
     order = np.random.default_rng([cfg.seed, 0]).permutation(len(x))  # the train stage's epoch-0 order
@@ -167,7 +168,7 @@ def windows(ids: np.ndarray, maxlen: int, step: int) -> tuple[np.ndarray, np.nda
     """The book's (window, next character) pairs as arrays, for fit() from numpy on a machine
     without TensorFlow (whose tf.data `make_dataset` needs): the train stage's window starts,
     gathered here."""
-    from pipeline.vectorize import window_starts
+    from pipeline.text.vectorize import window_starts
 
     starts = window_starts(len(ids), maxlen, step, None, 0, 0)
     return ids[starts[:, None] + np.arange(maxlen)], ids[starts + maxlen]
@@ -191,9 +192,9 @@ def stage_loop(cfg, train: np.ndarray, val: np.ndarray, vocab: list[str], second
     import keras
     from omegaconf import OmegaConf
 
-    from pipeline.generator import for_model, held_out_prompt
-    from pipeline.model import build
-    from pipeline.vectorize import decode, window_starts
+    from pipeline.text.generator import for_model, held_out_prompt
+    from pipeline.text.model import build
+    from pipeline.text.vectorize import decode, window_starts
 
     keys, v, t = OmegaConf.to_container(cfg.model), cfg.vectorize, cfg.train
     maxlen, step, val_step, sequence = v.maxlen, v.step, v.val_step or v.step, t.targets == "all"
@@ -251,7 +252,7 @@ def quality(folder: Path, recipe: str, seconds: float, out: Path) -> dict:
     from omegaconf import OmegaConf
 
     from pipeline import config
-    from pipeline.model import build
+    from pipeline.text.model import build
 
     cfg = config.compose(RECIPES[recipe])
     keys, v, t = OmegaConf.to_container(cfg.model), cfg.vectorize, cfg.train
@@ -288,17 +289,18 @@ def default_pipeline(folder: Path, raw: Path | None, overrides: tuple[str, ...] 
 
     import keras
 
-    from pipeline import config, fetch, sample_metrics, vectorize
+    from pipeline import config
+    from pipeline.text import fetch, sample_metrics, vectorize
     from pipeline.config import temperatures
-    from pipeline.generator import for_model, held_out_prompt
-    from pipeline.vectorize import decode
+    from pipeline.text.generator import for_model, held_out_prompt
+    from pipeline.text.vectorize import decode
 
     seconds: dict = {}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         if raw is not None:
-            cfg = config.compose([*overrides, f"fetch.mirror={raw}", f"paths.raw={tmp}/raw", f"paths.prepared={tmp}/prepared",
-                                  f"paths.metrics={tmp}/metrics"])
+            cfg = config.compose([*overrides, f"text.fetch.mirror={raw}", f"text.paths.raw={tmp}/raw", f"text.paths.prepared={tmp}/prepared",
+                                  f"text.paths.metrics={tmp}/metrics"])
             for name, stage in (("fetch", fetch), ("vectorize", vectorize)):
                 t0 = time.perf_counter()
                 stage.run(cfg)
@@ -391,15 +393,16 @@ def run(folder: Path, out: Path, seconds: float, recipes: list[str], speed: bool
 def _sample(folder: Path, name: str, parts: list[Path]) -> dict:
     """The model `run` brought back for recipe `name`, through the project's sample stage, here on
     TensorFlow: its held-out loss and its text at temperature 0.5 (600 characters)."""
-    from pipeline import artifacts, config, sample, tracking
+    from pipeline import artifacts, config, tracking
+    from pipeline.text import sample
 
     run_dir = ROOT / "bench/runs" / f"tinyshakespeare-gpu-{name}"
     shutil.rmtree(run_dir, ignore_errors=True)
     (run_dir / "models").mkdir(parents=True)
     (run_dir / "models/model.keras").write_bytes(b"".join(p.read_bytes() for p in parts))
-    cfg = config.compose([*RECIPES[name], f"paths.prepared={folder / 'tinyshakespeare'}", f"paths.models={run_dir}/models",
-                          f"paths.samples={run_dir}/samples", f"paths.metrics={run_dir}/metrics",
-                          f"mlflow.tracking_uri=sqlite:///{run_dir}/mlflow.db", "sample.temperature=[0.5]", "sample.length=600"])
+    cfg = config.compose([*RECIPES[name], f"text.paths.prepared={folder / 'tinyshakespeare'}", f"text.paths.models={run_dir}/models",
+                          f"text.paths.samples={run_dir}/samples", f"text.paths.metrics={run_dir}/metrics",
+                          f"mlflow.tracking_uri=sqlite:///{run_dir}/mlflow.db", "text.sample.temperature=[0.5]", "text.sample.length=600"])
     uri = tracking.resolve_uri(cfg.mlflow.tracking_uri)
     experiment_id = tracking.connect(uri, cfg.mlflow.experiment)
     with tracking.run(None, experiment_id) as active:  # the run the sample stage logs to, as training's would be

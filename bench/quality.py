@@ -4,7 +4,7 @@ machine, measured by running the real stages, never typed by hand.
     python bench/quality.py --list                         # the rows it knows
     python bench/quality.py nietzsche/book nietzsche/gru   # measure these rows (each minutes to hours)
     python bench/quality.py --docs                         # rewrite docs/text.md's table from what was measured
-    python bench/quality.py tinyshakespeare/quality --set train.time_limit=1200   # with an extra override
+    python bench/quality.py tinyshakespeare/quality --set text.train.time_limit=1200   # with an extra override
 
 Each row runs fetch, vectorize, train and sample in a fresh process, in its own folder under
 bench/runs/<corpus>-<row>/ (not tracked, emptied first), with the row's Hydra overrides on top of conf/. The
@@ -39,10 +39,10 @@ START, END = "<!-- quality-table:start -->", "<!-- quality-table:end -->"
 ROWS = {
     "nietzsche/book": ([], None),
     "nietzsche/quality": (["experiment=quality"], "book"),
-    "nietzsche/gru": (["model=gru"], "book"),
-    "nietzsche/stacked_lstm": (["model=stacked_lstm"], "book"),
-    "nietzsche/conv1d": (["model=conv1d"], "book"),
-    "tinyshakespeare/book": (["corpus=tinyshakespeare"], None),
+    "nietzsche/gru": (["text/model=gru"], "book"),
+    "nietzsche/stacked_lstm": (["text/model=stacked_lstm"], "book"),
+    "nietzsche/conv1d": (["text/model=conv1d"], "book"),
+    "tinyshakespeare/book": (["text/corpus=tinyshakespeare"], None),
     "tinyshakespeare/quality": (["experiment=quality_tinyshakespeare"], None),
 }
 
@@ -58,7 +58,8 @@ def machine() -> str:
 
 def child(row: str, overrides: list[str]) -> dict:
     """The four stages of `row` in its folder; what they measured, as one JSON-able dict."""
-    from pipeline import config, fetch, sample, train, vectorize
+    from pipeline import config
+    from pipeline.text import fetch, sample, train, vectorize
 
     folder = RUNS / row.replace("/", "-")
     # From nothing: a checkpoint that an interrupted measurement left would be resumed, and the
@@ -67,8 +68,8 @@ def child(row: str, overrides: list[str]) -> dict:
     folder.mkdir(parents=True)
     os.chdir(folder)
     corpus = row.split("/")[0]
-    cfg = config.compose([f"corpus={corpus}", *overrides, f"mlflow.tracking_uri=sqlite:///{folder}/mlflow.db",
-                          "sample.temperature=[0.5]", "sample.length=600"])
+    cfg = config.compose([f"text/corpus={corpus}", *overrides, f"mlflow.tracking_uri=sqlite:///{folder}/mlflow.db",
+                          "text.sample.temperature=[0.5]", "text.sample.length=600"])
     for stage in (fetch, vectorize):
         stage.run(cfg)
     trained = train.run(cfg)
@@ -98,7 +99,7 @@ def measure(row: str, results: dict, extra: list[str]) -> dict:
         book = results.get(f"{row.split('/')[0]}/book")
         if book is None:
             sys.exit(f"error: {row} trains for the book row's time: measure {row.split('/')[0]}/book first")
-        overrides.append(f"train.time_limit={book['train_seconds']:.0f}")
+        overrides.append(f"text.train.time_limit={book['train_seconds']:.0f}")
     started = time.perf_counter()
     out = RUNS / f"{row.replace('/', '-')}.json"
     out.unlink(missing_ok=True)
@@ -156,13 +157,13 @@ def main() -> None:
     parser.add_argument("rows", nargs="*", help=f"rows to measure, of: {', '.join(ROWS)}")
     parser.add_argument("--list", action="store_true", help="list the rows and their overrides")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="an extra Hydra override for the rows measured now (shown in the table), e.g. train.time_limit=1200")
+                        help="an extra Hydra override for the rows measured now (shown in the table), e.g. text.train.time_limit=1200")
     parser.add_argument("--docs", "--readme", dest="docs", action="store_true",
                         help="rewrite docs/text.md's quality table from bench/quality.json")
     args = parser.parse_args()
     if args.list:
         for row, (overrides, limit) in ROWS.items():
-            print(f"{row:26} {' '.join(overrides) or '(defaults)'}{'  + train.time_limit=<book row>' if limit else ''}")
+            print(f"{row:26} {' '.join(overrides) or '(defaults)'}{'  + text.train.time_limit=<book row>' if limit else ''}")
         return
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:

@@ -1,6 +1,7 @@
-"""`python -m pipeline [overrides]`: the whole pipeline, fetch -> vectorize -> train -> sample, in
-one process, configured by Hydra from conf/. With `-m` it is one job per combination of a sweep
-(`python -m pipeline -m sample.temperature=0.2,1.0 vectorize.maxlen=40,60`). Each job works in
+"""`python -m pipeline [overrides]`: one generator's stages (`generator=text`, the default: fetch ->
+vectorize -> train -> sample; `generator=vae`: fetch -> train -> sample) in one process, configured
+by Hydra from conf/. With `-m` it is one job per combination of a sweep (`python -m pipeline -m
+text.sample.temperature=0.2,1.0 text.vectorize.maxlen=40,60`). Each job works in
 its own folder (outputs/... or multirun/.../<job>) and logs one MLflow run, tagged with its sweep
 and nested under the sweep's parent run (`pipeline.sweep`). Under `hydra/launcher=joblib` each job
 gets cores / n_jobs TensorFlow threads unless `threads` says otherwise.
@@ -19,21 +20,14 @@ import hydra
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pipeline import cache, config, fetch, sample, sweep, tracking, train, vectorize
-from pipeline.callbacks import TrainError
-
-STAGES = {"fetch": fetch.run, "vectorize": vectorize.run, "train": train.run, "sample": sample.run}
-# What a job logs to its MLflow run for a stage it reused instead of running (fetch and vectorize log nothing).
-LOG_REUSED = {"train": train.log_reused, "sample": sample.log_reused}
+from pipeline import cache, config, download, generators, sweep, tracking
 
 
 def expected_errors() -> tuple[type[Exception], ...]:
     """What the stages' own commands report as one `error:` line (bad input, config or store);
-    anything else is a bug and keeps its traceback. (pipeline.model imports Keras: only when asked.)"""
-    from pipeline.model import ModelError
-
-    return (config.ConfigError, fetch.FetchError, vectorize.VectorizeError, TrainError, sample.SampleError, ModelError,
-            tracking.TrackingError, OSError)
+    anything else is a bug and keeps its traceback."""
+    own = tuple(e for name in generators.GENERATORS for e in generators.package(name).errors())
+    return (config.ConfigError, tracking.TrackingError, *own, OSError)
 
 
 class JobFailed(CompactHydraException):
@@ -67,7 +61,8 @@ def _job(raw: DictConfig) -> dict:
         # Hydra has moved into the job folder: anchor the store and the user's own files at the
         # folder the user ran from.
         raw.mlflow.tracking_uri = tracking.resolve_uri(raw.mlflow.tracking_uri, launched_from)
-        for key in ("corpus.path", "fetch.mirror", "cache.dir"):
+        user_paths = [f"{name}.{key}" for name in generators.GENERATORS for key in generators.config_of(name).USER_PATHS]
+        for key in (*user_paths, "cache.dir"):
             if OmegaConf.select(raw, key):
                 OmegaConf.update(raw, key, str(launched_from / Path(OmegaConf.select(raw, key)).expanduser()))
         raw.mlflow.tags["overrides"] = " ".join(overrides)
@@ -84,7 +79,7 @@ def _job(raw: DictConfig) -> dict:
         return run_stages(cfg, parent.get("run_id"), sweep.job_name(overrides, parent.get("swept", [])))
     # Named by what the user changed (Hydra cannot compose conf/'s defaults again inside its own job).
     typed = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
-    named = [k for k in typed if not k.startswith(tracking.UNNAMED)]
+    named = [k for k in typed if not k.split(".", 1)[-1].startswith(tracking.UNNAMED) and k not in ("generator",)]
     return run_stages(cfg, None, sweep.job_name(overrides, named) or "defaults")
 
 
@@ -97,13 +92,15 @@ def threads_per_job(n_jobs: int) -> int:
 
 
 def run_stages(cfg, parent_run_id: str | None = None, run_name: str | None = None) -> dict:
-    """Every stage in order inside one MLflow run (a child of `parent_run_id` when given), each run
-    or reused from the cache. A run that fails for an expected error carries it as its `error` tag."""
+    """The stages of generator `cfg.generator` in order inside one MLflow run of its experiment (a
+    child of `parent_run_id` when given), each run or reused from the cache. A run that fails for
+    an expected error carries it as its `error` tag."""
     import mlflow
 
-    experiment_id = tracking.connect(tracking.resolve_uri(cfg.mlflow.tracking_uri), cfg.mlflow.experiment)
-    params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True))
-    resumed = None if parent_run_id else resumable_run(cfg, params)
+    own = config.section(cfg, cfg.generator)  # what the stages read, and the params the run logs
+    experiment_id = tracking.connect(tracking.resolve_uri(own.mlflow.tracking_uri), own.mlflow.experiment)
+    params = tracking.flatten(OmegaConf.to_container(own, resolve=True))
+    resumed = None if parent_run_id else resumable_run(own, params)
     results, keys = {}, []
     with mlflow.start_run(run_id=resumed, experiment_id=None if resumed else experiment_id, parent_run_id=parent_run_id,
                           run_name=None if resumed else run_name):
@@ -111,17 +108,18 @@ def run_stages(cfg, parent_run_id: str | None = None, run_name: str | None = Non
         mlflow.log_params(params)
         mlflow.set_tags(tracking.flatten(OmegaConf.to_container(cfg.mlflow.tags)))
         try:
-            for name, stage in STAGES.items():
+            for name, module in generators.stages(cfg.generator).items():
+                stage = f"{cfg.generator}_{name}"  # as dvc.yaml names it
                 if cfg.cache.enabled:
-                    result, status, key = cache.run(name, stage, cfg, keys, Path(cfg.cache.dir))
+                    result, status, key = cache.run(stage, module.run, cfg, keys, Path(cfg.cache.dir))
                 else:
-                    result, status, key = stage(cfg), "ran", ""
+                    result, status, key = module.run(cfg), "ran", ""
                 keys.append(key)
                 mlflow.set_tags({f"stage.{name}": status, f"stage.{name}.key": key})
                 if status == "reused":
                     print(f"{name}: reused (cache key {key})", flush=True)
-                    if name in LOG_REUSED:
-                        LOG_REUSED[name](cfg, result)
+                    if hasattr(module, "log_reused"):  # what the stage logs when it runs
+                        module.log_reused(cfg, result)
                 results[name] = {**result, "status": status, "key": key}
         except expected_errors() as e:
             mlflow.set_tag("error", str(e)[:5000])  # the UI then shows why the run FAILED
@@ -160,8 +158,8 @@ def main() -> None:
     except config.ConfigError as e:
         sys.exit(f"error: {e}")
     # Hydra changes the working directory before the job runs: make a relative mirror absolute.
-    if os.environ.get(fetch.MIRROR_ENV):
-        os.environ[fetch.MIRROR_ENV] = str(Path(os.environ[fetch.MIRROR_ENV]).resolve())
+    if os.environ.get(download.MIRROR_ENV):
+        os.environ[download.MIRROR_ENV] = str(Path(os.environ[download.MIRROR_ENV]).resolve())
     job()
 
 

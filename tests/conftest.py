@@ -51,22 +51,27 @@ def trained(tmp_path_factory, data_dir):
     only read: (folder, cfg, meta.json)."""
     import json
 
-    from pipeline import fetch, sample, train, vectorize
+    from pipeline.text import fetch, sample, train, vectorize
 
     folder = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         mp.setenv("GENLAB_DATA_DIR", str(data_dir))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        cfg = tiny(folder, "sample.temperature=[0.5,1.2]")
+        cfg = tiny(folder, "text.sample.temperature=[0.5,1.2]")
         for stage in (fetch, vectorize, train, sample):
             stage.run(cfg)
     return folder, cfg, json.loads((folder / "models/meta.json").read_text())
 
 
-def tiny(tmp_path: Path, *overrides: str):
-    """The real conf/ with experiment=tiny and a tracking store under tmp_path."""
+def tiny_tree(tmp_path: Path, *overrides: str):
+    """The real conf/ with experiment=tiny and a tracking store under tmp_path: the whole tree."""
     return config.compose(["experiment=tiny", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", *overrides])
+
+
+def tiny(tmp_path: Path, *overrides: str):
+    """`tiny_tree`'s text section, as the text stages read it (`config.section`)."""
+    return config.section(tiny_tree(tmp_path, *overrides), "text")
 
 
 # Put on PYTHONPATH (with GENLAB_TEST_STALL_AFTER_EPOCH=<n>), this makes every Python process the test

@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 
-from pipeline import config, fetch, sample, train, vectorize
+from pipeline import config
+from pipeline.text import fetch, sample, train, vectorize
 
 STAGES = {"fetch": fetch, "vectorize": vectorize, "train": train, "sample": sample}
 
@@ -22,7 +23,7 @@ def _write(folder, name, data):
 
 def _custom(folder, data, *more):
     path = _write(folder, "mine.txt", data)
-    return ["corpus=custom", f"corpus.path={path}", *more]
+    return ["text/corpus=custom", f"text.corpus.path={path}", *more]
 
 
 def _from_trained(folder, trained, *more):
@@ -35,7 +36,7 @@ def _from_trained(folder, trained, *more):
 
 # id: (stage, setup(folder, trained) -> overrides, what the message must say, outputs that must not exist)
 CASES = {
-    "missing corpus": ("fetch", lambda f, t: ["corpus=custom", f"corpus.path={f}/nowhere.txt"],
+    "missing corpus": ("fetch", lambda f, t: ["text/corpus=custom", f"text.corpus.path={f}/nowhere.txt"],
                        r"corpus.path: .*nowhere.txt does not exist", ["data/raw/custom.txt"]),
     "checksum mismatch": ("fetch", lambda f, t: _custom(f, _text(), "corpus.sha256=" + "0" * 64),
                           r"sha256 mismatch .*expected 0000", ["data/raw/custom.txt", "metrics/fetch.json"]),
@@ -48,29 +49,29 @@ CASES = {
     "shorter than maxlen+1": ("vectorize", lambda f, t: _custom(f, "too short"),
                               r"/mine.txt: 9 characters leave .* fewer than vectorize.maxlen\+1 = 21",
                               ["data/prepared/train.npy"]),
-    "no validation window": ("vectorize", lambda f, t: _custom(f, _text(200), "vectorize.val_fraction=0.05"),
+    "no validation window": ("vectorize", lambda f, t: _custom(f, _text(200), "text.vectorize.val_fraction=0.05"),
                              r"200 characters leave 10 for validation, fewer than vectorize.maxlen\+1 = 21",
                              ["data/prepared/train.npy"]),
-    "vocabulary too large": ("vectorize", lambda f, t: _custom(f, "".join(map(chr, range(0x10000, 0x10000 + 70000))), "vectorize.max_chars=null"),
+    "vocabulary too large": ("vectorize", lambda f, t: _custom(f, "".join(map(chr, range(0x10000, 0x10000 + 70000))), "text.vectorize.max_chars=null"),
                              r"/mine.txt: 70000 distinct characters; character ids are uint16",
                              ["data/prepared/train.npy", "data/prepared/vocab.json"]),
     "unknown key": ("train", lambda f, t: ["+train.colour=red"], r"params.yaml: train.colour: Key 'colour' not in", []),
-    "wrong type": ("train", lambda f, t: ["vectorize.maxlen=sixty"], r"params.yaml: vectorize.maxlen: .*sixty", []),
-    "maxlen 0": ("train", lambda f, t: ["vectorize.maxlen=0"], r"params.yaml: vectorize.maxlen must be >= 1, got 0", []),
-    "step -3": ("train", lambda f, t: ["vectorize.step=-3"], r"vectorize.step must be >= 1, got -3", []),
-    "units 0": ("train", lambda f, t: ["model.units=0"], r"model.units must be >= 1, got 0", []),
-    "epochs 0": ("train", lambda f, t: ["train.epochs=0"], r"train.epochs must be >= 1, got 0", []),
-    "batch size 0": ("train", lambda f, t: ["train.batch_size=0"], r"train.batch_size must be >= 1, got 0", []),
-    "temperature 0": ("sample", lambda f, t: ["sample.temperature=0"], r"sample.temperature must be finite and > 0, got 0", []),
-    "temperature -1": ("sample", lambda f, t: ["sample.temperature=[0.5,-1]"], r"got -1", []),
-    "temperature nan": ("sample", lambda f, t: ["sample.temperature=nan"], r"sample.temperature must be finite and > 0, got nan", []),
-    "temperature inf": ("sample", lambda f, t: ["sample.temperature=inf"], r"sample.temperature must be finite and > 0, got inf", []),
-    "prompt outside the vocabulary": ("sample", lambda f, t: _from_trained(f, t, "sample.prompt='Zürich €5'"),
+    "wrong type": ("train", lambda f, t: ["text.vectorize.maxlen=sixty"], r"params.yaml: vectorize.maxlen: .*sixty", []),
+    "maxlen 0": ("train", lambda f, t: ["text.vectorize.maxlen=0"], r"params.yaml: vectorize.maxlen must be >= 1, got 0", []),
+    "step -3": ("train", lambda f, t: ["text.vectorize.step=-3"], r"vectorize.step must be >= 1, got -3", []),
+    "units 0": ("train", lambda f, t: ["text.model.units=0"], r"model.units must be >= 1, got 0", []),
+    "epochs 0": ("train", lambda f, t: ["text.train.epochs=0"], r"train.epochs must be >= 1, got 0", []),
+    "batch size 0": ("train", lambda f, t: ["text.train.batch_size=0"], r"train.batch_size must be >= 1, got 0", []),
+    "temperature 0": ("sample", lambda f, t: ["text.sample.temperature=0"], r"sample.temperature must be finite and > 0, got 0", []),
+    "temperature -1": ("sample", lambda f, t: ["text.sample.temperature=[0.5,-1]"], r"got -1", []),
+    "temperature nan": ("sample", lambda f, t: ["text.sample.temperature=nan"], r"sample.temperature must be finite and > 0, got nan", []),
+    "temperature inf": ("sample", lambda f, t: ["text.sample.temperature=inf"], r"sample.temperature must be finite and > 0, got inf", []),
+    "prompt outside the vocabulary": ("sample", lambda f, t: _from_trained(f, t, "text.sample.prompt='Zürich €5'"),
                                       r"sample.prompt: characters not in the model's vocabulary: \['ü', '€'\] \(set unknown_chars",
                                       ["samples", "metrics/sample.json"]),
     "model of another vocabulary": ("sample", lambda f, t: _from_trained(f, t) + [_write(f / "data/prepared", "vocab.json", '["a", "b"]') and "seed=1"],
                                     r"meta.json: the model's vocabulary differs from the data's .*vocab.json", ["samples"]),
-    "model of another maxlen": ("sample", lambda f, t: _from_trained(f, t, "vectorize.maxlen=30"),
+    "model of another maxlen": ("sample", lambda f, t: _from_trained(f, t, "text.vectorize.maxlen=30"),
                                 r"meta.json: the model was trained with maxlen 20, the data with vectorize.maxlen 30", ["samples"]),
     "corrupted model": ("sample", lambda f, t: _from_trained(f, t) + [_write(f / "models", "model.keras", b"not a zip") and "seed=1"],
                         r"models/model.keras: not a Keras model file \(not a complete zip archive", ["samples", "metrics/sample.json"]),
@@ -78,7 +79,7 @@ CASES = {
                         r"models/model.keras: not a Keras model file \(not a complete zip archive", ["samples", "metrics/sample.json"]),
     "unreachable MLflow": ("train", lambda f, t: _from_trained(f, t, "mlflow.tracking_uri=http://127.0.0.1:9"),
                            r"mlflow.tracking_uri: cannot reach the MLflow store http://127.0.0.1:9", ["metrics/train.json", "checkpoints"]),
-    "output folder not writable": ("train", lambda f, t: _from_trained(f, t) + [_write(f, "afile", "") and f"paths.metrics={f}/afile/metrics"],
+    "output folder not writable": ("train", lambda f, t: _from_trained(f, t) + [_write(f, "afile", "") and f"text.paths.metrics={f}/afile/metrics"],
                                    r"afile/metrics: cannot write here", ["metrics/train.json"]),
 }
 
@@ -136,4 +137,4 @@ def test_prompt_characters_can_be_dropped_or_replaced():
     with pytest.raises(sample.SampleError, match=r"the replacement '#' is not in the model's vocabulary"):
         sample.encode_prompt("a€b", vocab, False, unknown_chars="replace", replacement="#")
     with pytest.raises(config.ConfigError, match="sample.unknown_chars must be one of"):
-        config.compose(["sample.unknown_chars=ignore"])
+        config.compose(["text.sample.unknown_chars=ignore"])

@@ -43,8 +43,8 @@ def tiny_prepared(tmp_path):
     return tmp_path / "data"
 
 
-SMALL = ["experiment=quality_tinyshakespeare", "model.units=16", "model.embedding=8", "vectorize.maxlen=24",
-         "vectorize.step=12", "train.batch_size=32", "train.epochs=3", "train.learning_rate=0.01"]
+SMALL = ["experiment=quality_tinyshakespeare", "text.model.units=16", "text.model.embedding=8", "text.vectorize.maxlen=24",
+         "text.vectorize.step=12", "text.train.batch_size=32", "text.train.epochs=3", "text.train.learning_rate=0.01"]
 
 
 def test_quality_loop_model_reproduces_its_loss_in_the_sample_stage(tiny_prepared, tmp_path, monkeypatch):
@@ -52,7 +52,7 @@ def test_quality_loop_model_reproduces_its_loss_in_the_sample_stage(tiny_prepare
     held-out loss on it is the loop's best_val_loss."""
     import keras
 
-    from pipeline.sample import held_out_loss
+    from pipeline.text.sample import held_out_loss
 
     monkeypatch.setitem(gpu.RECIPES, "small", SMALL)
     out = tmp_path / "out"
@@ -95,8 +95,8 @@ def test_default_pipeline_runs_the_stages_work_and_its_model_keeps_the_best_loss
     """bench/gpu.py's default-pipeline timing, small: the real fetch and vectorize from the mirror,
     the train stage's loop on the book's targets with its per-epoch samples, then the sample
     stage's work on the model saved and loaded back, whose held-out loss is the loop's best."""
-    overrides = ("vectorize.max_chars=30000", "model.units=16", "train.epochs=3", "train.batch_size=256",
-                 "train.epoch_samples.length=30", "sample.length=40")
+    overrides = ("text.vectorize.max_chars=30000", "text.model.units=16", "text.train.epochs=3", "text.train.batch_size=256",
+                 "text.train.epoch_samples.length=30", "text.sample.length=40")
     r = gpu.default_pipeline(REPO / "unused", data_dir, overrides)
     assert r["stages_timed"] == ["fetch", "vectorize", "train", "sample", "total"]
     assert r["seconds"]["total"] >= sum(r["seconds"][k] for k in ("fetch", "vectorize", "train", "sample"))

@@ -53,19 +53,19 @@ def test_repro_runs_what_changed_and_nothing_else(repo):
     path, env = repo
     assert repro(repo) == ["fetch", "vectorize", "train", "sample"]
     assert repro(repo) == []  # nothing changed: nothing runs
-    assert repro(repo, "sample.temperature=0.7") == ["sample"]  # a new temperature never retrains
+    assert repro(repo, "text.sample.temperature=0.7") == ["sample"]  # a new temperature never retrains
     assert sorted(p.name for p in (path / "samples").iterdir()) == ["temperature_0.7.txt"]
-    assert repro(repo, "sample.temperature=0.7", "vectorize.maxlen=16") == ["vectorize", "train", "sample"]
-    assert repro(repo, "sample.temperature=0.7", "vectorize.maxlen=16") == []
+    assert repro(repo, "text.sample.temperature=0.7", "text.vectorize.maxlen=16") == ["vectorize", "train", "sample"]
+    assert repro(repo, "text.sample.temperature=0.7", "text.vectorize.maxlen=16") == []
 
 
 def test_an_edited_custom_corpus_is_fetched_again(repo, tmp_path_factory):
-    """corpus=custom: the fetch stage depends on the user's file (outside the repository here), so
+    """text/corpus=custom: the fetch stage depends on the user's file (outside the repository here), so
     editing it in place re-runs fetch, and an unchanged file runs nothing."""
     path, env = repo
     own = tmp_path_factory.mktemp("elsewhere") / "my text.txt"
     own.write_text("a first version of my own text\n" * 20, encoding="utf-8")
-    config.write_params(["experiment=tiny", "corpus=custom", f"corpus.path={own}"], path / "params.yaml")
+    config.write_params(["experiment=tiny", "text/corpus=custom", f"text.corpus.path={own}"], path / "params.yaml")
     fetch = [sys.executable, "-m", "dvc", "repro", "fetch"]
     assert _ran(_sh(fetch, path, env)) == ["fetch"]
     assert _ran(_sh(fetch, path, env)) == []
@@ -80,7 +80,7 @@ def test_dvc_repro_after_a_kill_resumes_training(repo, stall_after_epoch):
     import time
 
     path, env = repo
-    config.write_params(["experiment=tiny", "vectorize.max_chars=60000", "train.epochs=5"], path / "params.yaml")
+    config.write_params(["experiment=tiny", "text.vectorize.max_chars=60000", "text.train.epochs=5"], path / "params.yaml")
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=path, env={**env, **stall_after_epoch(2)}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     latest, deadline = path / "checkpoints" / "latest", time.time() + 600
@@ -111,13 +111,13 @@ def test_dvc_experiments_compose_params_from_conf_and_run_a_grid(repo):
     _sh(["git", "add", "-A"], path, env)
     _sh(["git", "commit", "-qm", "baseline"], path, env)
     dvc = [sys.executable, "-m", "dvc"]
-    out = _sh([*dvc, "exp", "run", "-S", "experiment=tiny", "-S", "sample.temperature=0.3"], path, env)
+    out = _sh([*dvc, "exp", "run", "-S", "experiment=tiny", "-S", "text.sample.temperature=0.3"], path, env)
     assert _ran(out) == ["sample"]
     params = config.load(path / "params.yaml")
     assert config.temperatures(params.sample.temperature) == [0.3] and params.vectorize.maxlen == 20
 
-    out = _sh([*dvc, "exp", "run", "--queue", "-S", "experiment=tiny", "-S", "sample.temperature=0.2,1.0",
-               "-S", "vectorize.maxlen=16,20"], path, env)
+    out = _sh([*dvc, "exp", "run", "--queue", "-S", "experiment=tiny", "-S", "text.sample.temperature=0.2,1.0",
+               "-S", "text.vectorize.maxlen=16,20"], path, env)
     assert out.count("Queued experiment") == 4
     _sh([*dvc, "queue", "start", "-j", "2"], path, env)
     try:
@@ -148,6 +148,6 @@ def test_dvc_experiments_compose_params_from_conf_and_run_a_grid(repo):
     experiments = [row for row in table if re.match(r"\s*[├└]── \w+ \[[\w-]+\]\s+\d+\.\d+\s", row)]
     assert len(experiments) == 5, "\n".join(table)  # each with its best_val_loss
     # The run cache now holds the maxlen-16 model: a new temperature for it trains nothing.
-    out = _sh([*dvc, "exp", "run", "-S", "experiment=tiny", "-S", "sample.temperature=0.7",
-               "-S", "vectorize.maxlen=16"], path, env)
+    out = _sh([*dvc, "exp", "run", "-S", "experiment=tiny", "-S", "text.sample.temperature=0.7",
+               "-S", "text.vectorize.maxlen=16"], path, env)
     assert _ran(out) == ["sample"] and "Stage 'train' is cached - skipping run" in out

@@ -12,15 +12,17 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline import config, generate
-from pipeline import model as models
-from pipeline.generator import Generator
-from pipeline.sample import SampleError, encode_prompt
-from pipeline.vectorize import decode
+from pipeline import config
+from pipeline.text.config import compose_generate
+from pipeline.text import generate
+from pipeline.text import model as models
+from pipeline.text.generator import Generator
+from pipeline.text.sample import SampleError, encode_prompt
+from pipeline.text.vectorize import decode
 
 
 def _cfg(folder, *overrides):
-    return config.compose_generate([f"model_dir={folder / 'models'}", *overrides])
+    return compose_generate([f"model_dir={folder / 'models'}", *overrides])
 
 
 def _expected(folder, prompt, temps, num_samples, length, seed):
@@ -97,7 +99,7 @@ def test_prompts_of_any_length_work(trained, prompt):
 
 def test_generate_command_is_deterministic_and_writes_a_file(trained, tmp_path):
     folder, _, _ = trained
-    cmd = [sys.executable, "-m", "pipeline.generate", f"model_dir={folder / 'models'}", "prompt=the will to", "length=60",
+    cmd = [sys.executable, "-m", "pipeline.text.generate", f"model_dir={folder / 'models'}", "prompt=the will to", "length=60",
            "temperature=[0.5,1.2]"]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -114,7 +116,7 @@ def test_generate_command_is_deterministic_and_writes_a_file(trained, tmp_path):
 def test_generate_from_an_mlflow_run_equals_the_model_folder(trained, monkeypatch):
     folder, cfg, meta = trained
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    by_run = generate.run(config.compose_generate([f"run_id={meta['mlflow']['run_id']}", "length=30",
+    by_run = generate.run(compose_generate([f"run_id={meta['mlflow']['run_id']}", "length=30",
                                                    f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}"]), io.StringIO())
     by_folder = generate.run(_cfg(folder, "length=30"), io.StringIO())
     assert by_run["texts"] == by_folder["texts"]
@@ -123,17 +125,17 @@ def test_generate_from_an_mlflow_run_equals_the_model_folder(trained, monkeypatc
 def test_generate_errors_name_what_is_wrong(trained, tmp_path):
     folder, cfg, _ = trained
     with pytest.raises(models.ModelError, match=r"nowhere/model\.keras: not found"):
-        generate.run(config.compose_generate([f"model_dir={tmp_path / 'nowhere'}"]), io.StringIO())
+        generate.run(compose_generate([f"model_dir={tmp_path / 'nowhere'}"]), io.StringIO())
     with pytest.raises(SampleError, match=r"prompt: characters not in the model's vocabulary: \['€'\]"):
         generate.run(_cfg(folder, "prompt='€uro'"), io.StringIO())
     from pipeline.tracking import TrackingError
     with pytest.raises(TrackingError, match="run_id 0123abc: cannot fetch its model"):
-        generate.run(config.compose_generate(["run_id=0123abc", f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}"]),
+        generate.run(compose_generate(["run_id=0123abc", f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}"]),
                      io.StringIO())
     for bad, key in (("temperature=0", "temperature"), ("length=0", "length"), ("mode=beam", "mode"),
                      ("num_samples=0", "num_samples"), ("+colour=red", "colour")):
         with pytest.raises(config.ConfigError, match=key):
-            config.compose_generate([bad])
+            compose_generate([bad])
 
 
 def test_pyfunc_round_trip(trained):
@@ -211,7 +213,7 @@ def test_served_model_answers_invocations(trained, tmp_path):
 
 
 def test_registered_model_loads_from_the_registry(trained, tmp_path, monkeypatch):
-    from pipeline import pyfunc
+    from pipeline.text import pyfunc
 
     monkeypatch.chdir(tmp_path)  # a new SQLite store's Default experiment keeps artifacts in ./mlruns
     folder, _, _ = trained
@@ -235,7 +237,7 @@ def test_registered_model_loads_from_the_registry(trained, tmp_path, monkeypatch
 def test_the_served_model_caps_length_and_never_echoes_a_huge_prompt(trained, tmp_path, monkeypatch):
     """A request above the model's limit (mlflow.serve_max_length when it was logged) is a 400
     before any generation; a megabyte prompt of unknown characters is not echoed back whole."""
-    from pipeline import pyfunc
+    from pipeline.text import pyfunc
 
     folder, cfg, meta = trained
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
@@ -272,7 +274,7 @@ def test_no_tensorflow_start_up_lines_on_a_machine_without_a_gpu_unless_asked(tr
     folder, _, _ = trained
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["CUDA_VISIBLE_DEVICES"] = "-1"  # no GPU, whatever this machine has
-    cmd = [sys.executable, "-m", "pipeline.generate", f"model_dir={folder / 'models'}", "prompt=the", "length=5"]
+    cmd = [sys.executable, "-m", "pipeline.text.generate", f"model_dir={folder / 'models'}", "prompt=the", "length=5"]
     quiet = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 0 and quiet.stdout.startswith("the")
     noise = [line for line in quiet.stderr.splitlines() if line.startswith(("I0000", "W0000", "E0000", "WARNING: All log"))]

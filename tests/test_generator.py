@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.generator import Generator, sample_next
+from pipeline.text.generator import Generator, sample_next
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -57,7 +57,7 @@ def test_one_temperature_per_stream():
 def model():
     import keras
 
-    from pipeline.model import MODELS
+    from pipeline.text.model import MODELS
 
     keras.utils.set_random_seed(7)
     m = MODELS["lstm"](11, 8)
@@ -140,8 +140,8 @@ def test_compiled_step_for_a_few_streams_gives_the_models_probabilities(vocab, u
     the numpy step's, for batches that are all fours, all singles and both."""
     import keras
 
-    import pipeline.generator as generator
-    from pipeline.model import MODELS
+    import pipeline.text.generator as generator
+    from pipeline.text.model import MODELS
 
     keras.utils.set_random_seed(11)
     model = MODELS["lstm"](vocab, units)
@@ -206,7 +206,7 @@ def test_stateful_mode_reads_the_whole_prompt_even_past_maxlen(model):
 def test_progress_line_appears_only_on_a_terminal_after_the_delay():
     import io
 
-    from pipeline.generator import Progress
+    from pipeline.text.generator import Progress
 
     class Tty(io.StringIO):
         def isatty(self):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline import config
-from pipeline.generator import Generator, WindowGenerator, for_model
+from pipeline.text.generator import Generator, WindowGenerator, for_model
 from tests.conftest import REPO, tiny
 
 
@@ -17,22 +17,22 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 FAMILIES = sorted(p.stem for p in (REPO / "conf/model").glob("*.yaml"))
 # Small versions of each family, so that the whole pipeline runs in seconds.
-SMALL = {"lstm": [], "stacked_lstm": ["model.units=16", "model.embedding=8"], "gru": ["model.units=16", "model.embedding=null"],
-         "conv1d": ["model.dilations=[1,2,4,8]"]}
+SMALL = {"lstm": [], "stacked_lstm": ["text.model.units=16", "text.model.embedding=8"], "gru": ["text.model.units=16", "text.model.embedding=null"],
+         "conv1d": ["text.model.dilations=[1,2,4,8]"]}
 
 
 def test_every_family_in_conf_has_a_builder_and_a_small_version():
-    from pipeline.model import MODELS
+    from pipeline.text.model import MODELS
 
     assert FAMILIES == sorted(MODELS) == sorted(SMALL)
     for name in FAMILIES:
-        assert config.compose([f"model={name}"]).model.name == name
+        assert config.compose([f"text/model={name}"]).model.name == name
 
 
 def _random_model(name: str, vocab: int = 11, **keys):
     import keras
 
-    from pipeline.model import build
+    from pipeline.text.model import build
 
     keras.utils.set_random_seed(3)
     m = build(vocab, name, **keys)
@@ -119,15 +119,15 @@ def test_dropout_trains_but_never_generates():
 
 
 @pytest.mark.parametrize("overrides, key", [
-    (["model=conv1d", "sample.mode=stateful"], "sample.mode"),
-    (["model=conv1d", "train.epoch_samples.mode=stateful"], "train.epoch_samples.mode"),
-    (["model=gru", "model.dropout=1.0"], "model.dropout"),
-    (["model=gru", "model.layers=0"], "model.layers"),
-    (["model=stacked_lstm", "model.embedding=0"], "model.embedding"),
-    (["model=conv1d", "model.kernel_size=1"], "model.kernel_size"),
-    (["model=conv1d", "model.dilations=[]"], "model.dilations"),
-    (["model.name=transformer"], "model.name"),
-    (["model=lstm", "+model.layers=2"], "model.layers"),  # a key of another family
+    (["text/model=conv1d", "text.sample.mode=stateful"], "sample.mode"),
+    (["text/model=conv1d", "text.train.epoch_samples.mode=stateful"], "train.epoch_samples.mode"),
+    (["text/model=gru", "text.model.dropout=1.0"], "model.dropout"),
+    (["text/model=gru", "text.model.layers=0"], "model.layers"),
+    (["text/model=stacked_lstm", "text.model.embedding=0"], "model.embedding"),
+    (["text/model=conv1d", "text.model.kernel_size=1"], "model.kernel_size"),
+    (["text/model=conv1d", "text.model.dilations=[]"], "model.dilations"),
+    (["text.model.name=transformer"], "model.name"),
+    (["text/model=lstm", "+model.layers=2"], "model.layers"),  # a key of another family
 ])
 def test_bad_model_configs_name_the_key(overrides, key):
     with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")):
@@ -136,10 +136,10 @@ def test_bad_model_configs_name_the_key(overrides, key):
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_each_family_runs_the_pipeline_and_the_sample_stage_agrees_on_the_held_out_loss(workdir, name):
-    from pipeline import fetch, sample, train, vectorize
-    from pipeline.model import load
+    from pipeline.text import fetch, sample, train, vectorize
+    from pipeline.text.model import load
 
-    cfg = tiny(workdir, f"model={name}", *SMALL[name], "sample.temperature=[0.5]")
+    cfg = tiny(workdir, f"text/model={name}", *SMALL[name], "text.sample.temperature=[0.5]")
     for stage in (fetch, vectorize):
         stage.run(cfg)
     trained = train.run(cfg)
@@ -161,7 +161,7 @@ def test_each_family_runs_the_pipeline_and_the_sample_stage_agrees_on_the_held_o
 
 
 def test_all_targets_are_the_window_shifted_by_one_and_end_with_the_books_target():
-    from pipeline.vectorize import make_dataset
+    from pipeline.text.vectorize import make_dataset
 
     ids = np.arange(100, dtype=np.uint8) % 37
     (x_all, y_all), = make_dataset(ids, 10, 7, 64, None, 0, targets="all").take(1).as_numpy_iterator()
@@ -174,7 +174,7 @@ def test_all_targets_are_the_window_shifted_by_one_and_end_with_the_books_target
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_the_sequence_twin_has_the_same_weights_and_its_last_position_is_the_model(name):
-    from pipeline.model import build
+    from pipeline.text.model import build
 
     family = name.split("_1")[0]
     model = _random_model(family, **MODELS[name])
@@ -190,9 +190,9 @@ def test_the_sequence_twin_has_the_same_weights_and_its_last_position_is_the_mod
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_batch_parts_are_the_model_on_the_whole_batch(name):
-    """pipeline.model.Parallel: the model's own weights (the same variables) and its outputs, for
+    """pipeline.text.model.Parallel: the model's own weights (the same variables) and its outputs, for
     batches smaller than, equal to and larger than the number of parts, and for the sequence twin."""
-    from pipeline.model import Parallel, build, unwrap
+    from pipeline.text.model import Parallel, build, unwrap
 
     family = name.split("_1")[0]
     model = _random_model(family, **MODELS[name])
@@ -216,7 +216,7 @@ def test_a_training_step_on_batch_parts_is_the_step_on_the_whole_batch(name):
     (to float rounding), including a last batch smaller than the number of parts."""
     import keras
 
-    from pipeline.model import Parallel
+    from pipeline.text.model import Parallel
 
     family = name.split("_1")[0]
     x = np.random.default_rng(6).integers(0, 11, size=(9, 12)).astype("int32")
@@ -237,13 +237,13 @@ def test_a_training_step_on_batch_parts_is_the_step_on_the_whole_batch(name):
 
 @pytest.mark.parametrize("vocab,units", [(11, 8), (57, 128)])
 def test_the_fused_lstm_gives_keras_lstm_outputs_and_gradients(vocab, units):
-    """pipeline.lstm_cpu through Parallel(fused=True): the book's model's outputs and the
+    """pipeline.text.lstm_cpu through Parallel(fused=True): the book's model's outputs and the
     gradients of its loss for every weight, against Keras's LSTM, for batches smaller than, equal
     to and larger than the parts (the book's size too: the loops' vectorised paths)."""
     import keras
     import tensorflow as tf
 
-    from pipeline.model import Parallel
+    from pipeline.text.model import Parallel
 
     model = _random_model("lstm", vocab=vocab, units=units)
     x = np.random.default_rng(8).integers(0, vocab, size=(7, 13)).astype("int32")
@@ -273,7 +273,7 @@ def test_a_training_step_of_the_fused_lstm_is_keras_step():
     Keras's LSTM's losses and weights after the steps (to float rounding)."""
     import keras
 
-    from pipeline.model import Parallel
+    from pipeline.text.model import Parallel
 
     x = np.random.default_rng(6).integers(0, 11, size=(9, 12)).astype("int32")
     y = np.random.default_rng(7).integers(0, 11, size=9)
@@ -294,7 +294,7 @@ def test_a_training_step_of_the_fused_lstm_is_keras_step():
 def test_the_fused_lstm_passes_nan_on_and_runs_the_book_model_only():
     """A NaN weight gives NaN outputs, as Keras's LSTM does (the divergence check reads the loss);
     other families are refused with a message that says why."""
-    from pipeline.model import Parallel
+    from pipeline.text.model import Parallel
 
     model = _random_model("lstm", units=8)
     weights = model.get_weights()
@@ -317,7 +317,7 @@ def _no_gpu(monkeypatch):
 
 
 def test_fused_lstm_auto_is_the_book_model_without_a_gpu(monkeypatch):
-    from pipeline.machine import fused_lstm
+    from pipeline.text.cpu import fused_lstm
 
     _no_gpu(monkeypatch)
     assert fused_lstm("auto", "lstm", "last")  # numba is a dependency
@@ -330,7 +330,7 @@ def test_with_a_gpu_auto_leaves_the_model_whole_for_cudnn(monkeypatch):
     train stage then builds the family's plain Keras model, whose layers cuDNN can run."""
     import tensorflow as tf
 
-    from pipeline.machine import batch_parts, fused_lstm
+    from pipeline.text.cpu import batch_parts, fused_lstm
 
     monkeypatch.setattr(tf.config, "list_physical_devices",
                         lambda kind=None: [tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")] if kind == "GPU" else [])
@@ -344,24 +344,25 @@ def test_a_gpu_machine_does_not_build_the_loops_before_tensorflow_decides(monkey
     then skips the build before TensorFlow's import (TensorFlow would turn the loops off); a
     setting of true still builds first, and without a GPU `auto` does."""
     from pipeline import machine
+    from pipeline.text import cpu
 
     monkeypatch.setattr(machine, "DEVICES", tmp_path)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     (tmp_path / "nvidiactl").touch()  # the driver's control file alone is no GPU
-    assert not machine.gpu_likely() and machine.build_loops_first("auto", "lstm", "last")
+    assert not machine.gpu_likely() and cpu.build_loops_first("auto", "lstm", "last")
     (tmp_path / "nvidia0").touch()
-    assert machine.gpu_likely() and not machine.build_loops_first("auto", "lstm", "last")
-    assert machine.build_loops_first(True, "lstm", "last") and not machine.build_loops_first(False, "lstm", "last")
+    assert machine.gpu_likely() and not cpu.build_loops_first("auto", "lstm", "last")
+    assert cpu.build_loops_first(True, "lstm", "last") and not cpu.build_loops_first(False, "lstm", "last")
     for hidden in ("", "-1"):
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
-        assert not machine.gpu_likely() and machine.build_loops_first("auto", "lstm", "last")
+        assert not machine.gpu_likely() and cpu.build_loops_first("auto", "lstm", "last")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     assert machine.gpu_likely()
-    assert not machine.build_loops_first("auto", "gru", "last")  # no fused loops for other families anyway
+    assert not cpu.build_loops_first("auto", "gru", "last")  # no fused loops for other families anyway
 
 
-@pytest.mark.parametrize("overrides", [["model=lstm"], ["model=stacked_lstm"], ["model=gru"], ["experiment=quality"],
-                                       ["experiment=quality_tinyshakespeare"], ["model=gru", "model.embedding=null"]])
+@pytest.mark.parametrize("overrides", [["text/model=lstm"], ["text/model=stacked_lstm"], ["text/model=gru"], ["experiment=quality"],
+                                       ["experiment=quality_tinyshakespeare"], ["text/model=gru", "text.model.embedding=null"]])
 def test_every_recurrent_layer_conf_builds_qualifies_for_cudnn(overrides):
     """On a GPU, TensorFlow runs an LSTM or GRU layer on cuDNN only when Keras's own test of its
     arguments passes (tanh, sigmoid, no unroll, a bias; for a GRU, reset_after), its use_cudnn
@@ -372,7 +373,7 @@ def test_every_recurrent_layer_conf_builds_qualifies_for_cudnn(overrides):
     import keras
     from omegaconf import OmegaConf
 
-    from pipeline.model import build
+    from pipeline.text.model import build
 
     tf_rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")  # where TensorFlow's backend decides
     keys = OmegaConf.to_container(config.compose(overrides).model)
@@ -395,10 +396,10 @@ def test_every_recurrent_layer_conf_builds_qualifies_for_cudnn(overrides):
 _LOAD_AND_COMPARE = """
 import sys
 import numpy as np
-from pipeline import lstm_cpu
+from pipeline.text import lstm_cpu
 loops = lstm_cpu.load_compiled()
 print("numba", "numba" in sys.modules, "keras", "keras" in sys.modules)
-from pipeline import lstm_loops
+from pipeline.text import lstm_loops
 rng = np.random.default_rng(5)
 B, T, U, V = 5, 7, 8, 11
 def arrays(shape, dtype=np.float32):
@@ -466,7 +467,7 @@ def test_without_a_compiler_the_loops_run_on_numbas_jit_compiled_apart(tmp_path)
 
 def test_a_loop_refuses_arrays_of_another_type_with_a_message():
     """Compiled ahead of time, a loop would read a wrong array as its own type; the check names it."""
-    from pipeline import lstm_cpu
+    from pipeline.text import lstm_cpu
 
     step = lstm_cpu.load_compiled()["step"]
     f = np.zeros((2, 3), np.float32)
@@ -484,7 +485,7 @@ def test_a_loop_refuses_arrays_of_another_type_with_a_message():
 def test_batch_parts_follow_the_cores_and_never_exceed_the_batch(monkeypatch):
     import os
 
-    from pipeline.machine import batch_parts
+    from pipeline.text.cpu import batch_parts
 
     _no_gpu(monkeypatch)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
@@ -497,12 +498,12 @@ def test_batch_parts_follow_the_cores_and_never_exceed_the_batch(monkeypatch):
 
 
 def test_training_in_batch_parts_exports_the_plain_model(workdir):
-    """train.batch_parts=2: the exported model is the family's own (no Parallel in the file), and
+    """text.train.batch_parts=2: the exported model is the family's own (no Parallel in the file), and
     the sample stage, which runs it whole, agrees with training on the held-out loss."""
-    from pipeline import fetch, sample, train, vectorize
-    from pipeline.model import Parallel, load
+    from pipeline.text import fetch, sample, train, vectorize
+    from pipeline.text.model import Parallel, load
 
-    cfg = tiny(workdir, "train.batch_parts=2", "train.epochs=1", "sample.temperature=[0.5]")
+    cfg = tiny(workdir, "text.train.batch_parts=2", "text.train.epochs=1", "text.sample.temperature=[0.5]")
     for stage in (fetch, vectorize):
         stage.run(cfg)
     trained = train.run(cfg)
@@ -514,10 +515,11 @@ def test_training_in_batch_parts_exports_the_plain_model(workdir):
 def test_a_checkpoint_trained_in_parts_resumed_in_one_exports_the_plain_model(workdir, monkeypatch, capsys):
     """`auto` can mean 2 parts where a run starts and 1 where it resumes (a GPU machine): the
     resumed model is the checkpoint's Parallel one, and the export must still be the plain model."""
-    from pipeline import checkpoint, fetch, train, vectorize
-    from pipeline.model import Parallel, load
+    from pipeline import checkpoint
+    from pipeline.text import fetch, train, vectorize
+    from pipeline.text.model import Parallel, load
 
-    cfg = tiny(workdir, "train.epochs=1")
+    cfg = tiny(workdir, "text.train.epochs=1")
     for stage in (fetch, vectorize):
         stage.run(cfg)
     monkeypatch.setattr(checkpoint, "clear", lambda folder: None)  # keep the last checkpoint
@@ -533,11 +535,11 @@ def test_a_checkpoint_trained_in_parts_resumed_in_one_exports_the_plain_model(wo
 
 @pytest.mark.parametrize("name", ["stacked_lstm", "conv1d"])
 def test_training_on_all_targets_exports_the_last_position_model_with_the_books_val_loss(workdir, name):
-    from pipeline import fetch, sample, train, vectorize
-    from pipeline.model import load
+    from pipeline.text import fetch, sample, train, vectorize
+    from pipeline.text.model import load
 
-    cfg = tiny(workdir, f"model={name}", *SMALL[name], "train.targets=all", "vectorize.step=20",
-               "sample.temperature=[0.5]")
+    cfg = tiny(workdir, f"text/model={name}", *SMALL[name], "text.train.targets=all", "text.vectorize.step=20",
+               "text.sample.temperature=[0.5]")
     for stage in (fetch, vectorize):
         stage.run(cfg)
     trained = train.run(cfg)
@@ -550,10 +552,10 @@ def test_training_on_all_targets_exports_the_last_position_model_with_the_books_
 
 
 def test_a_time_limit_starts_no_epoch_that_would_overrun_and_still_exports_the_best(workdir):
-    from pipeline import fetch, train, vectorize
-    from pipeline.model import load
+    from pipeline.text import fetch, train, vectorize
+    from pipeline.text.model import load
 
-    cfg = tiny(workdir, "train.epochs=5", "train.time_limit=0.001")
+    cfg = tiny(workdir, "text.train.epochs=5", "text.train.time_limit=0.001")
     for stage in (fetch, vectorize):
         stage.run(cfg)
     trained = train.run(cfg)
@@ -564,13 +566,13 @@ def test_a_time_limit_starts_no_epoch_that_would_overrun_and_still_exports_the_b
 
 def test_val_step_fixes_the_held_out_windows_whatever_the_training_step(workdir):
     """The same model measured on windows every val_step characters, whatever vectorize.step."""
-    from pipeline import fetch, sample, train, vectorize
+    from pipeline.text import fetch, sample, train, vectorize
 
-    cfg = tiny(workdir, "train.epochs=1", "vectorize.val_step=1", "sample.temperature=[0.5]")
+    cfg = tiny(workdir, "text.train.epochs=1", "text.vectorize.val_step=1", "text.sample.temperature=[0.5]")
     for stage in (fetch, vectorize):
         stage.run(cfg)
     train.run(cfg)
     a = sample.run(cfg)["val_loss"]
-    b = sample.run(tiny(workdir, "train.epochs=1", "vectorize.step=7", "vectorize.val_step=1", "sample.temperature=[0.5]"))["val_loss"]
-    c = sample.run(tiny(workdir, "train.epochs=1", "vectorize.step=7", "sample.temperature=[0.5]"))["val_loss"]
+    b = sample.run(tiny(workdir, "text.train.epochs=1", "text.vectorize.step=7", "text.vectorize.val_step=1", "text.sample.temperature=[0.5]"))["val_loss"]
+    c = sample.run(tiny(workdir, "text.train.epochs=1", "text.vectorize.step=7", "text.sample.temperature=[0.5]"))["val_loss"]
     assert a == pytest.approx(b, abs=1e-6) and abs(a - c) > 1e-5

@@ -41,7 +41,7 @@ def test_exported_model_is_the_best_validation_epoch(finished_run):
     import keras
     import numpy as np
 
-    from pipeline.train import make_dataset
+    from pipeline.text.train import make_dataset
 
     workdir, cfg, _ = finished_run
     model = keras.saving.load_model(workdir / "models/model.keras", safe_mode=True)
@@ -96,8 +96,8 @@ def test_hydra_multirun_gives_one_mlflow_run_per_job(workdir, data_dir):
     (workdir / "mine.txt").write_text((data_dir / "nietzsche.txt").read_text(encoding="utf-8")[:30000], encoding="utf-8")
     uri = f"sqlite:///{workdir}/mlflow.db"
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "-m", "experiment=tiny", "train.epochs=1", "corpus=custom",
-         "corpus.path=mine.txt", "sample.temperature=0.5,1.0", f"mlflow.tracking_uri={uri}", "hydra.sweep.dir=sweep"],
+        [sys.executable, "-m", "pipeline", "-m", "experiment=tiny", "text.train.epochs=1", "text/corpus=custom",
+         "text.corpus.path=mine.txt", "text.sample.temperature=0.5,1.0", f"mlflow.tracking_uri={uri}", "hydra.sweep.dir=sweep"],
         cwd=workdir, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = mlflow.MlflowClient(uri)
@@ -124,7 +124,7 @@ def test_expected_errors_under_python_m_pipeline_are_one_line_and_tag_the_failed
     FAILED MLflow run says why; in a sweep the failed job is named and the others run; a typo in a
     key is caught before Hydra with the nearest key."""
     (workdir / "binary.txt").write_bytes(b"text\x00more text" * 100)
-    single = _pipeline(workdir, "experiment=tiny", "corpus=custom", "corpus.path=binary.txt", "hydra.run.dir=one")
+    single = _pipeline(workdir, "experiment=tiny", "text/corpus=custom", "text.corpus.path=binary.txt", "hydra.run.dir=one")
     assert single.returncode != 0 and "Traceback" not in single.stderr
     message = f"{workdir / 'binary.txt'}: a binary file, not text (a NUL byte at byte offset 4)"
     assert single.stderr.strip().splitlines()[-1] == f"error: {message}"
@@ -132,8 +132,8 @@ def test_expected_errors_under_python_m_pipeline_are_one_line_and_tag_the_failed
     (run,) = client.search_runs([client.get_experiment_by_name("genlab-textgen").experiment_id])
     assert run.info.status == "FAILED" and run.data.tags["error"] == message
 
-    swept = _pipeline(workdir, "-m", "experiment=tiny", "train.epochs=1", "sample.temperature=0.5", "corpus=custom",
-                      "corpus.path=binary.txt,missing.txt", "hydra.sweep.dir=sweep")
+    swept = _pipeline(workdir, "-m", "experiment=tiny", "text.train.epochs=1", "text.sample.temperature=0.5", "text/corpus=custom",
+                      "text.corpus.path=binary.txt,missing.txt", "hydra.sweep.dir=sweep")
     assert swept.returncode != 0 and "Traceback" not in swept.stderr
     assert f"error: {message}" in swept.stderr and "Error executing job with overrides" in swept.stderr
     assert (workdir / "sweep/1").is_dir()  # the second job ran too
@@ -155,8 +155,8 @@ def test_a_killed_hydra_job_resumes_in_its_own_mlflow_run(workdir, stall_after_e
     import signal
     import time
 
-    args = [sys.executable, "-m", "pipeline", "experiment=tiny", "vectorize.max_chars=60000", "train.epochs=4",
-            "sample.temperature=0.5", f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db", "hydra.run.dir=job"]
+    args = [sys.executable, "-m", "pipeline", "experiment=tiny", "text.vectorize.max_chars=60000", "text.train.epochs=4",
+            "text.sample.temperature=0.5", f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db", "hydra.run.dir=job"]
     proc = subprocess.Popen(args, cwd=workdir, env={**os.environ, **stall_after_epoch(2)}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     latest, deadline = workdir / "job/checkpoints/latest", time.time() + 600
@@ -186,8 +186,8 @@ def test_steps_per_execution_changes_speed_not_the_weights():
     import keras
     import numpy as np
 
-    from pipeline.model.lstm import build as build_lstm
-    from pipeline.train import make_dataset, make_optimizer
+    from pipeline.text.model.lstm import build as build_lstm
+    from pipeline.text.train import make_dataset, make_optimizer
 
     ids = np.random.default_rng(0).integers(0, 11, 3000).astype(np.int32)  # 994 windows: 16 batches of 64, the last partial
     weights = []

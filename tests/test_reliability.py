@@ -12,17 +12,18 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline import config, fetch, train, vectorize
+from pipeline import config
+from pipeline.text import fetch, train, vectorize
 from tests.conftest import tiny
 
-# Two batch parts (pipeline.model.Parallel, what `auto` is on 2 cores) whatever this machine's cores:
+# Two batch parts (pipeline.text.model.Parallel, what `auto` is on 2 cores) whatever this machine's cores:
 # the resumed model is then the Parallel one read back from the checkpoint.
-RESUME = ["experiment=tiny", "vectorize.max_chars=60000", "train.epochs=5", "train.deterministic=true",
-          "train.batch_parts=2"]
+RESUME = ["experiment=tiny", "text.vectorize.max_chars=60000", "text.train.epochs=5", "text.train.deterministic=true",
+          "text.train.batch_parts=2"]
 
 
 def _prepare(folder, data_dir, overrides):
-    """A DVC-style working folder: params.yaml and the vectorized data, ready for `python -m pipeline.train`."""
+    """A DVC-style working folder: params.yaml and the vectorized data, ready for `python -m pipeline.text.train`."""
     folder.mkdir()
     overrides = [*overrides, f"mlflow.tracking_uri=sqlite:///{folder}/mlflow.db"]
     config.write_params(overrides, folder / "params.yaml")
@@ -39,7 +40,7 @@ def _prepare(folder, data_dir, overrides):
 
 def _train(folder, extra_env: dict | None = None, **kwargs):
     env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, **(extra_env or {})}
-    return subprocess.Popen([sys.executable, "-m", "pipeline.train"], cwd=folder, env=env, text=True,
+    return subprocess.Popen([sys.executable, "-m", "pipeline.text.train"], cwd=folder, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
 
 
@@ -91,7 +92,7 @@ def test_killed_training_resumes_to_the_same_weights_in_the_same_run(tmp_path, d
 
 
 def test_a_checkpoint_of_other_settings_is_not_resumed(workdir, capsys):
-    cfg = tiny(workdir, "train.epochs=1")
+    cfg = tiny(workdir, "text.train.epochs=1")
     fetch.run(cfg)
     vectorize.run(cfg)
     from pipeline import checkpoint
@@ -103,14 +104,14 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(workdir, capsys):
     assert json.loads((workdir / "metrics/train.json").read_text())["epochs"] == 1
 
 
-DIVERGE = ["train.epochs=6", "train.plateau.patience=100"]  # no plateau cut: every lr change is the guard's
+DIVERGE = ["text.train.epochs=6", "text.train.plateau.patience=100"]  # no plateau cut: every lr change is the guard's
 
 
 @pytest.fixture
 def nan_weights_at_epoch_5(monkeypatch):
     """The weights turn NaN as epoch 5 begins, so that epoch 5 diverges (a NaN loss), whatever the
     trajectory: the guard is tested on a divergence it must catch, not on one a seed happens to give."""
-    from pipeline import callbacks
+    from pipeline.text import callbacks
 
     epoch_end = callbacks.epoch_end
 
@@ -130,7 +131,7 @@ def nan_weights_at_epoch_5(monkeypatch):
 
 
 def test_divergence_stops_and_keeps_the_best_model(workdir, nan_weights_at_epoch_5):
-    cfg = tiny(workdir, *DIVERGE, "train.divergence.action=stop")
+    cfg = tiny(workdir, *DIVERGE, "text.train.divergence.action=stop")
     fetch.run(cfg)
     vectorize.run(cfg)
     result = train.run(cfg)
@@ -163,7 +164,7 @@ def test_divergence_rolls_back_with_a_lower_learning_rate(workdir, nan_weights_a
 
 
 def test_a_first_epoch_that_diverges_is_an_error_and_writes_nothing(workdir):
-    cfg = tiny(workdir, "train.learning_rate=1e6", "train.optimizer=sgd", "train.clipnorm=null")
+    cfg = tiny(workdir, "text.train.learning_rate=1e6", "text.train.optimizer=sgd", "text.train.clipnorm=null")
     fetch.run(cfg)
     vectorize.run(cfg)
     with pytest.raises(train.TrainError, match=r"epoch 1 diverged: .* for a uniform guess.*Lower train.learning_rate"):
@@ -172,7 +173,7 @@ def test_a_first_epoch_that_diverges_is_an_error_and_writes_nothing(workdir):
 
 
 def test_a_diverged_first_epoch_with_clipnorm_set_does_not_advise_setting_it(workdir):
-    cfg = tiny(workdir, "train.learning_rate=1e6", "train.optimizer=sgd", "train.clipnorm=1.0")
+    cfg = tiny(workdir, "text.train.learning_rate=1e6", "text.train.optimizer=sgd", "text.train.clipnorm=1.0")
     fetch.run(cfg)
     vectorize.run(cfg)
     with pytest.raises(train.TrainError, match=r"epoch 1 diverged") as e:
@@ -181,8 +182,8 @@ def test_a_diverged_first_epoch_with_clipnorm_set_does_not_advise_setting_it(wor
 
 
 def test_plateau_halves_the_learning_rate(workdir, capsys):
-    cfg = tiny(workdir, "train.learning_rate=1.0", "train.clipnorm=null", "train.epochs=6", "train.plateau.patience=1",
-               "train.divergence.max_ratio=10")
+    cfg = tiny(workdir, "text.train.learning_rate=1.0", "text.train.clipnorm=null", "text.train.epochs=6", "text.train.plateau.patience=1",
+               "text.train.divergence.max_ratio=10")
     fetch.run(cfg)
     vectorize.run(cfg)
     capsys.readouterr()
@@ -205,7 +206,7 @@ def test_credentials_are_never_logged(workdir, monkeypatch):
         "mlflow.tracking_uri": "postgresql://bob:***@db/mlflow"}
     for name in ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "AWS_SECRET_ACCESS_KEY", "DATABRICKS_TOKEN"):
         monkeypatch.setenv(name, "s3cret-" + name)
-    cfg = tiny(workdir, "train.epochs=1", "+mlflow.tags.remote=https://carol:hunter2@example.org/repo.git")
+    cfg = tiny(workdir, "text.train.epochs=1", "+mlflow.tags.remote=https://carol:hunter2@example.org/repo.git")
     fetch.run(cfg)
     vectorize.run(cfg)
     result = train.run(cfg)
@@ -217,7 +218,7 @@ def test_credentials_are_never_logged(workdir, monkeypatch):
 
 def test_models_load_in_safe_mode(tmp_path):
     """A model file holding Python code (a Lambda layer) is refused, not run."""
-    from pipeline import model as models
+    from pipeline.text import model as models
 
     inputs = keras.Input((None,), dtype="int32")
     x = keras.layers.Embedding(3, 3)(inputs)
@@ -251,7 +252,7 @@ def _prepared(workdir, *overrides):
 def _watch_epochs(monkeypatch, val_loss_bump: float = 0.0):
     """Wrap the train stage's epoch-end callback: record the epochs begun and the weights after
     each epoch; from the second epoch on, add `val_loss_bump` to the val_loss it is shown."""
-    from pipeline import callbacks
+    from pipeline.text import callbacks
 
     seen = {"begun": [], "weights": []}
     epoch_end = callbacks.epoch_end
@@ -280,7 +281,7 @@ def _watch_epochs(monkeypatch, val_loss_bump: float = 0.0):
 def test_the_export_is_the_best_epochs_weights_when_a_later_epoch_is_worse(workdir, monkeypatch):
     """The best val_loss is epoch 1's (every later one is shown 1.0 worse): the exported model must
     hold the weights of the end of epoch 1, not those training ended with."""
-    cfg = _prepared(workdir, "train.epochs=3", "train.divergence.max_ratio=100")
+    cfg = _prepared(workdir, "text.train.epochs=3", "text.train.divergence.max_ratio=100")
     seen = _watch_epochs(monkeypatch, val_loss_bump=1.0)
     result = train.run(cfg)
     assert result["best_epoch"] == 1 and result["epochs"] == 3
@@ -299,7 +300,7 @@ def test_a_resumed_run_trains_exactly_the_epochs_left_to_the_same_weights(workdi
     uninterrupted run."""
     from pipeline import checkpoint
 
-    cfg = _prepared(workdir, "train.epochs=4", "train.deterministic=true")
+    cfg = _prepared(workdir, "text.train.epochs=4", "text.train.deterministic=true")
     whole = train.run(cfg)
     history = (workdir / "metrics/history.csv").read_text()
     weights = keras.saving.load_model(workdir / "models/model.keras", safe_mode=True).get_weights()
@@ -337,8 +338,8 @@ def test_a_resumed_run_trains_exactly_the_epochs_left_to_the_same_weights(workdi
 def test_fused_auto_trains_with_keras_lstm_when_the_loops_cannot_run_the_model(workdir, monkeypatch, capsys):
     """An LSTM the fused loops cannot run (here: dropout) under fused_lstm=auto trains with Keras's
     LSTM and says so in one line; with fused_lstm=true it is a one-line error, not a traceback."""
-    from pipeline import lstm_cpu, machine
-    from pipeline import model as models
+    from pipeline.text import cpu, lstm_cpu
+    from pipeline.text import model as models
 
     def with_dropout(vocab_size, units, sequence=False):
         ids = keras.Input(shape=(None,), dtype="int32", name="ids")
@@ -349,25 +350,25 @@ def test_fused_auto_trains_with_keras_lstm_when_the_loops_cannot_run_the_model(w
     monkeypatch.setitem(models.MODELS, "lstm", with_dropout)
     monkeypatch.setattr(train, "prepare_fused_lstm", lambda *args: True)  # what auto says on a CPU machine
     monkeypatch.setattr(lstm_cpu, "lstm_last", lambda *a, **k: pytest.fail("the fused loops ran a model with dropout"))
-    cfg = _prepared(workdir, "train.epochs=1", "train.fused_lstm=auto")
+    cfg = _prepared(workdir, "text.train.epochs=1", "text.train.fused_lstm=auto")
     result = train.run(cfg)
     out = capsys.readouterr().out
     assert "train: fused_lstm auto: model 'lstm': the fused LSTM runs the book's model" in out and "dropout 0.1" in out
     assert "training with Keras's LSTM" in out and np.isfinite(result["best_val_loss"])
-    assert machine.might_fuse("auto", "lstm", "last")  # the case this test stands for
+    assert cpu.might_fuse("auto", "lstm", "last")  # the case this test stands for
 
-    strict = _prepared(workdir, "train.epochs=1", "train.fused_lstm=true")
+    strict = _prepared(workdir, "text.train.epochs=1", "text.train.fused_lstm=true")
     with pytest.raises(train.TrainError, match=r"train\.fused_lstm=true: model 'lstm'.*dropout 0\.1.*auto or false"):
         train.run(strict)
 
 
 def test_fused_lstm_false_trains_with_keras_lstm_end_to_end(workdir, monkeypatch):
-    """train.fused_lstm=false: the train stage never calls the fused loops, trains Keras's LSTM,
+    """text.train.fused_lstm=false: the train stage never calls the fused loops, trains Keras's LSTM,
     and the sample stage agrees with it on the held-out loss."""
-    from pipeline import lstm_cpu, sample
+    from pipeline.text import lstm_cpu, sample
 
     monkeypatch.setattr(lstm_cpu, "lstm_last", lambda *a, **k: pytest.fail("fused loops ran with fused_lstm=false"))
-    cfg = _prepared(workdir, "train.epochs=1", "train.fused_lstm=false", "sample.temperature=[0.5]")
+    cfg = _prepared(workdir, "text.train.epochs=1", "text.train.fused_lstm=false", "text.sample.temperature=[0.5]")
     result = train.run(cfg)
     vocab = json.loads((workdir / "data/prepared/vocab.json").read_text())
     assert result["best_val_loss"] < np.log(len(vocab))  # it learned: better than a uniform guess

@@ -2,7 +2,7 @@
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from pipeline.generator import sample_next
+from pipeline.text.generator import sample_next
 
 # Entries a model or a user could hand the sampler: exact zeros, denormals, a certain 1.0, ordinary
 # probabilities and unnormalised weights up to 1e300.
@@ -43,14 +43,14 @@ def test_as_temperature_goes_to_zero_it_is_the_argmax(p, t, seed):
 @given(logits=st.lists(st.floats(-50, 50), min_size=1, max_size=64).map(lambda v: np.array([v])),
        t=st.floats(1e-3, 100.0), seed=st.integers(0, 2**32 - 1))
 def test_sampling_from_logits_is_sampling_from_their_softmax(logits, t, seed):
-    from pipeline.generator import sample_logits
+    from pipeline.text.generator import sample_logits
 
     softmax = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     assert sample_logits(logits, [t], np.random.default_rng(seed)) == sample_next(softmax, [t], np.random.default_rng(seed))
 
 
 def test_non_finite_logits_still_give_a_valid_index():
-    from pipeline.generator import sample_logits
+    from pipeline.text.generator import sample_logits
 
     rng = np.random.default_rng(0)
     assert sample_logits(np.array([[np.nan, 1.0, np.inf, 0.0]]), [0.5], rng)[0] in range(4)

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import cache
 
-SWEEP = ["experiment=tiny", "train.epochs=1", "sample.temperature=0.5,1.0", "vectorize.maxlen=10,20"]
+SWEEP = ["experiment=tiny", "text.train.epochs=1", "text.sample.temperature=0.5,1.0", "text.vectorize.maxlen=10,20"]
 
 
 def _launch(workdir, name: str, *args: str, check: bool = True):
@@ -148,7 +148,7 @@ def test_every_param_a_stage_declares_is_in_its_cache_key():
 
     from pipeline import config
 
-    base = OmegaConf.to_container(config.compose(["experiment=tiny", "model=stacked_lstm"]), resolve=True)
+    base = OmegaConf.to_container(config.compose(["experiment=tiny", "text/model=stacked_lstm"]), resolve=True)
     checked = set()
     for name, spec in cache.stages().items():
         key = cache.key(name, spec, OmegaConf.create(base), ["up"])
@@ -164,14 +164,15 @@ def test_every_param_a_stage_declares_is_in_its_cache_key():
 
 
 def test_an_edited_corpus_file_is_fetched_again_not_served_from_the_cache(tmp_path, monkeypatch):
-    """corpus=custom: the user's file is the input they change most; the fetch stage's key follows
+    """text/corpus=custom: the user's file is the input they change most; the fetch stage's key follows
     its content, so an edit in place re-runs fetch (and so everything after it)."""
-    from pipeline import config, fetch
+    from pipeline import config
+    from pipeline.text import fetch
 
     monkeypatch.chdir(tmp_path)
     own = tmp_path / "mine.txt"
     own.write_text("first version of my text\n", encoding="utf-8")
-    cfg = config.compose(["experiment=tiny", "corpus=custom", f"corpus.path={own}"])
+    cfg = config.compose(["experiment=tiny", "text/corpus=custom", f"text.corpus.path={own}"])
     store = tmp_path / "store"
     _, status, first = cache.run("fetch", fetch.run, cfg, [], store)
     assert status == "ran"
@@ -239,7 +240,7 @@ def test_concurrent_callers_of_one_key_compute_it_once(tmp_path, monkeypatch):
 
 
 def test_sample_metrics_on_a_hand_made_sample():
-    from pipeline import sample_metrics as sm
+    from pipeline.text import sample_metrics as sm
 
     corpus = "the cat sat on the mat. the dog sat."
     sample = "The cat sat on a log, the cat"
@@ -259,9 +260,9 @@ def test_nll_per_char_is_the_models_own_loss_on_each_window():
     import keras
     import numpy as np
 
-    from pipeline import sample_metrics as sm
-    from pipeline.generator import Generator
-    from pipeline.model.lstm import build as build_lstm
+    from pipeline.text import sample_metrics as sm
+    from pipeline.text.generator import Generator
+    from pipeline.text.model.lstm import build as build_lstm
 
     keras.utils.set_random_seed(5)
     model = build_lstm(7, 6)
@@ -283,7 +284,7 @@ def test_four_jobs_two_at_a_time_lose_nothing_in_one_sqlite_store(workdir):
     # Two temperatures x two seeds under joblib with 2 workers: two models trained side by side (the
     # last key varies fastest, so jobs 0 and 1 have different seeds) and four sample sets, all
     # writing to one fresh SQLite store.
-    parent, runs = _launch(workdir, "par", "experiment=tiny", "train.epochs=2", "sample.temperature=0.5,1.0",
+    parent, runs = _launch(workdir, "par", "experiment=tiny", "text.train.epochs=2", "text.sample.temperature=0.5,1.0",
                            "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     _assert_nested_with_summary(workdir, "par", parent, runs, jobs=4)
     client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlflow.db")
@@ -307,7 +308,7 @@ def test_four_jobs_two_at_a_time_lose_nothing_in_one_sqlite_store(workdir):
 
 @pytest.mark.slow
 def test_the_submitit_launcher_runs_a_sweep_as_nested_runs(workdir):
-    parent, runs = _launch(workdir, "sub", "experiment=tiny", "train.epochs=1", "sample.temperature=0.5,1.0",
+    parent, runs = _launch(workdir, "sub", "experiment=tiny", "text.train.epochs=1", "text.sample.temperature=0.5,1.0",
                            "hydra/launcher=submitit_local")
     _assert_nested_with_summary(workdir, "sub", parent, runs, jobs=2)
     assert sorted(r.data.tags["stage.train"] for r in runs) == ["ran", "reused"]
@@ -317,7 +318,7 @@ def test_the_submitit_launcher_runs_a_sweep_as_nested_runs(workdir):
 def test_a_failed_job_ends_the_sweeps_parent_run_as_failed(workdir):
     # Hydra runs the whole batch of jobs, then fails the sweep: the parent run ends FAILED, with a
     # summary of the job that did finish.
-    parent, runs = _launch(workdir, "bad", "experiment=tiny", "train.epochs=1", "vectorize.maxlen=0,10", check=False)
+    parent, runs = _launch(workdir, "bad", "experiment=tiny", "text.train.epochs=1", "text.vectorize.maxlen=0,10", check=False)
     assert parent.info.status == "FAILED"
     assert [(r.info.run_name, r.info.status) for r in runs] == [("maxlen=10", "FINISHED")]
     rows = list(csv.DictReader((workdir / "bad" / "summary.csv").open()))
@@ -354,14 +355,14 @@ def test_run_names_show_what_differs_in_their_first_characters():
     from pipeline import config, sweep, tracking
 
     swept = ["sample.temperature", "vectorize.maxlen"]
-    names = [sweep.job_name([f"sample.temperature={t}", f"vectorize.maxlen={m}", "experiment=tiny"], swept)
+    names = [sweep.job_name([f"text.sample.temperature={t}", f"text.vectorize.maxlen={m}", "experiment=tiny"], swept)
              for t in ("0.5", "1.0") for m in ("20", "40")]
     assert names == ["T=0.5 maxlen=20", "T=0.5 maxlen=40", "T=1.0 maxlen=20", "T=1.0 maxlen=40"]
     defaults = config.compose()
-    runs = [[], ["vectorize.maxlen=40"], ["model.units=64"], ["vectorize.maxlen=40", "model.units=64"],
-            ["seed=7"], ["mlflow.experiment=other"]]
+    runs = [[], ["text.vectorize.maxlen=40"], ["text.model.units=64"], ["text.vectorize.maxlen=40", "text.model.units=64"],
+            ["seed=7"], ["text.mlflow.experiment=other"]]
     named = [tracking.run_name(config.compose(o), defaults) for o in runs]
     assert named == ["defaults", "maxlen=40", "units=64", "maxlen=40 units=64", "seed=7", "defaults"]
     # keys whose last parts collide keep their full names
     assert tracking.short_names({"sample.length": 80, "train.epoch_samples.length": 40}) == \
-        "sample.length=80 train.epoch_samples.length=40"
+        "text.sample.length=80 text.train.epoch_samples.length=40"

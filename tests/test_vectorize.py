@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import fetch, vectorize
+from pipeline.text import fetch, vectorize
 from tests.conftest import tiny
 
 
@@ -83,7 +83,7 @@ def test_run_writes_ids_vocab_and_summary(workdir):
 def test_too_short_for_a_validation_window(workdir):
     own = workdir / "short.txt"
     own.write_text("a" * 200)
-    cfg = tiny(workdir, "corpus=custom", f"corpus.path={own}", "vectorize.maxlen=30")
+    cfg = tiny(workdir, "text/corpus=custom", f"text.corpus.path={own}", "text.vectorize.maxlen=30")
     fetch.run(cfg)
     with pytest.raises(vectorize.VectorizeError, match="validation.*maxlen"):
         vectorize.run(cfg)
@@ -99,7 +99,7 @@ def test_not_utf8_names_the_byte_offset(tmp_path):
 
 def test_tinyshakespeare_keeps_its_case_with_one_override(workdir):
     """`corpus=tinyshakespeare` alone gives char-rnn's and nanoGPT's 65 mixed-case characters."""
-    cfg = tiny(workdir, "corpus=tinyshakespeare", "vectorize.max_chars=null")
+    cfg = tiny(workdir, "text/corpus=tinyshakespeare", "text.vectorize.max_chars=null")
     assert cfg.vectorize.lowercase is False
     fetch.run(cfg)
     vectorize.run(cfg)
@@ -136,10 +136,10 @@ def test_one_dataset_for_all_epochs_gives_each_epochs_batches(shuffle, targets):
 
 def test_a_bom_and_windows_line_ends_are_normalised_and_reported(workdir, capsys):
     """A leading BOM is dropped and \\r\\n and lone \\r become \\n, so none of them enters the
-    vocabulary; the stage says so and records the counts; vectorize.normalize=false keeps the text."""
+    vocabulary; the stage says so and records the counts; text.vectorize.normalize=false keeps the text."""
     own = workdir / "windows.txt"
     own.write_bytes(("\ufeff" + "line one\r\nline two\rline three\r\n" * 40).encode("utf-8"))
-    cfg = tiny(workdir, "corpus=custom", f"corpus.path={own}", "vectorize.maxlen=10")
+    cfg = tiny(workdir, "text/corpus=custom", f"text.corpus.path={own}", "text.vectorize.maxlen=10")
     fetch.run(cfg)
     summary = vectorize.run(cfg)
     vocab = json.loads((workdir / "data/prepared/vocab.json").read_text(encoding="utf-8"))
@@ -150,8 +150,8 @@ def test_a_bom_and_windows_line_ends_are_normalised_and_reported(workdir, capsys
     assert f"{own}: removed 1 byte-order mark(s), turned 80 \\r\\n and 40 lone \\r into \\n" in capsys.readouterr().out
     assert json.loads((workdir / "metrics/vectorize.json").read_text())["normalized_crlf"] == 80
 
-    kept = vectorize.run(tiny(workdir, "corpus=custom", f"corpus.path={own}", "vectorize.maxlen=10",
-                              "vectorize.normalize=false"))
+    kept = vectorize.run(tiny(workdir, "text/corpus=custom", f"text.corpus.path={own}", "text.vectorize.maxlen=10",
+                              "text.vectorize.normalize=false"))
     vocab = json.loads((workdir / "data/prepared/vocab.json").read_text(encoding="utf-8"))
     assert "\ufeff" in vocab and "\r" in vocab and "normalized_crlf" not in kept
 
@@ -159,7 +159,7 @@ def test_a_bom_and_windows_line_ends_are_normalised_and_reported(workdir, capsys
 def test_errors_name_the_users_file_not_the_copy(workdir):
     own = workdir / "mine.txt"
     own.write_bytes("café".encode("latin-1") * 50)
-    cfg = tiny(workdir, "corpus=custom", f"corpus.path={own}")
+    cfg = tiny(workdir, "text/corpus=custom", f"text.corpus.path={own}")
     fetch.run(cfg)
     with pytest.raises(vectorize.VectorizeError, match=rf"^{own}: not UTF-8 text"):
         vectorize.run(cfg)

@@ -8,13 +8,12 @@ maxlen, lowercase, the config, the MLflow run); under <paths.metrics>/: history.
 epoch), loss.png (loss and val_loss per epoch) and train.json. After every epoch it generates
 text at each of `train.epoch_samples.temperatures` from a held-out window and logs it to MLflow.
 The model is logged twice: the Keras file under model/, and the MLflow pyfunc text generator
-(`pipeline.pyfunc`) under text_generator, registered as `mlflow.registered_model` if set.
+(`pipeline.text.pyfunc`) under text_generator, registered as `mlflow.registered_model` if set.
 """
 from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import math
 import sys
@@ -24,11 +23,12 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from pipeline import artifacts, callbacks, config, lstm_cpu, tracking
-from pipeline.callbacks import TrainError
-from pipeline.machine import (batch_parts, build_loops_first, import_tensorflow, peak_rss_mib, prepare_fused_lstm,
-                              release_free_memory, set_threads)
-from pipeline.vectorize import make_dataset
+from pipeline import artifacts, config, epochs, tracking
+from pipeline.epochs import TrainError
+from pipeline.text import callbacks, lstm_cpu
+from pipeline.machine import import_tensorflow, peak_rss_mib, release_free_memory, set_threads
+from pipeline.text.cpu import batch_parts, build_loops_first, prepare_fused_lstm
+from pipeline.text.vectorize import make_dataset
 
 DATA_FILES = ("train.npy", "val.npy", "vocab.json")
 
@@ -42,29 +42,6 @@ def make_optimizer(name: str, learning_rate: float, clipnorm: float | None = Non
 
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()  # DVC's own content hash for a file
-
-
-def plot_losses(history: list[dict], path: Path) -> None:
-    """loss and val_loss per epoch, as a PNG (written atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in history]
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
-    ax.plot(epochs, [r["loss"] for r in history], "o-", label="loss (train)")
-    ax.plot(epochs, [r["val_loss"] for r in history], "o-", label="val_loss (held out)")
-    best = min(history, key=lambda r: r["val_loss"] if math.isfinite(r["val_loss"]) else math.inf)
-    ax.annotate(f"best {best['val_loss']:.3f}", (best["epoch"], best["val_loss"]), textcoords="offset points",
-                xytext=(0, 8), ha="center", fontsize=8)
-    ax.set(xlabel="epoch", ylabel="nats per character", title="training and validation loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with artifacts.atomic_path(path) as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
 
 
 def _log_setup(cfg, params: dict, data_md5: dict) -> None:
@@ -85,13 +62,14 @@ def log_reused(cfg, result: dict) -> None:
     _log_setup(cfg, OmegaConf.to_container(cfg, resolve=True), {name: _md5(prepared / name) for name in DATA_FILES})
     with (metrics_dir / "history.csv").open(encoding="utf-8") as f:
         for row in csv.DictReader(f):
-            callbacks.log_epoch({k: int(v) if k == "epoch" else float(v) for k, v in row.items()})
+            epochs.log_epoch({k: int(v) if k == "epoch" else float(v) for k, v in row.items()})
     mlflow.log_metrics({"best_val_loss": result["best_val_loss"], "best_val_bpc": result["val_bpc"],
                         "seconds_per_epoch": result["seconds_per_epoch"]})
     mlflow.set_tag("stage.train.source_run", result["run_id"])
 
 
 def run(cfg) -> dict:
+    cfg = config.section(cfg, "text")  # the text section with the shared keys (seed, mlflow, ...)
     t = cfg.train
     if build_loops_first(t.fused_lstm, cfg.model.name, t.targets):
         # Before TensorFlow's import: a child process compiling the loops (the first time on a
@@ -101,8 +79,9 @@ def run(cfg) -> dict:
     import keras
     import mlflow
 
-    from pipeline import checkpoint, pyfunc
-    from pipeline.model import Parallel, build as build_model, why_not_fusable
+    from pipeline import checkpoint
+    from pipeline.text import pyfunc
+    from pipeline.text.model import Parallel, build as build_model, why_not_fusable
 
     prepared, models_dir, metrics_dir = Path(cfg.paths.prepared), Path(cfg.paths.models), Path(cfg.paths.metrics)
     vocab = json.loads((prepared / "vocab.json").read_text(encoding="utf-8"))
@@ -141,14 +120,15 @@ def run(cfg) -> dict:
                   steps_per_execution=t.steps_per_execution)
         return m
 
-    state = {"history": [], "good_epochs": [], "best_val_loss": math.inf, "best_epoch": 0, "wait": 0, "rollbacks": 0,
-             "rng": np.random.default_rng(cfg.seed).bit_generator.state, "run_id": None, "fingerprint": fingerprint}
+    state = epochs.new_state(cfg.seed, fingerprint)
     found = checkpoint.latest(checkpoints, fingerprint) if checkpoints else None
     if found:
         state.update(found[1])
         print(f"train: resuming after epoch {state['epoch']} from the checkpoint in {checkpoints}", flush=True)
-    callback = callbacks.epoch_end(t, vocab, val_ids, maxlen, state, checkpoints)
-    model = callbacks.resume(found[0], callback) if found else build()
+    callback = epochs.epoch_end(t, state, checkpoints, prefix="text.train.", uniform_loss=math.log(len(vocab)),
+                                extra=callbacks.bits, describe=lambda row: f"val_bpc {row['val_bpc']:.3f}  ",
+                                on_epoch=callbacks.samples(t, vocab, val_ids, maxlen))
+    model = epochs.resume(found[0], callback) if found else build()
     val_ds = make_dataset(val_ids, maxlen, cfg.vectorize.val_step or step, t.batch_size, None, cfg.seed)
     # The exported model is the trained one's twin (the same weights) without the batch parts (a
     # resumed checkpoint may have them whatever `parts` is now), and, trained on all targets, the
@@ -157,18 +137,15 @@ def run(cfg) -> dict:
     exported = build_model(len(vocab), **keys) if sequence or isinstance(model, Parallel) else model
     held_out = [callbacks.held_out(exported, val_ds)] if sequence else []
 
-    with tracking.run(state["run_id"], experiment_id, lambda: tracking.run_name(cfg, config.compose())) as active:
+    with tracking.run(state["run_id"], experiment_id, lambda: tracking.run_name(cfg, config.section(config.compose(), "text"))) as active:
         run_id = state["run_id"] = active.info.run_id
         if found:
-            logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss")}
-            for row in state["history"]:
-                if row["epoch"] not in logged:
-                    callbacks.log_epoch(row)  # the epoch a kill cut off between its checkpoint and its metrics
+            epochs.replay_unlogged(run_id, state["history"])
             mlflow.set_tag("resumed_from_epoch", str(state["epoch"]))
         else:
             _log_setup(cfg, params, data_md5)
         # A progress bar on a terminal; in a log, the callback's one line per epoch says it all.
-        extra = [callbacks.progress_bar(t.epochs)] if sys.stdout.isatty() else []
+        extra = [epochs.progress_bar(t.epochs)] if sys.stdout.isatty() else []
         started, first, time_stop = time.perf_counter(), len(state["history"]), None
         # One dataset for all epochs, each iteration in the order of the epoch it serves.
         current = {"epoch": first}
@@ -205,12 +182,8 @@ def run(cfg) -> dict:
         with artifacts.atomic_path(models_dir / "model.keras") as tmp:
             exported.save(tmp)
         artifacts.write_json(models_dir / "meta.json", meta)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(history)
-        artifacts.write_text(metrics_dir / "history.csv", buf.getvalue())
-        plot_losses(history, metrics_dir / "loss.png")
+        epochs.write_history(history, metrics_dir / "history.csv")
+        epochs.plot_losses(history, metrics_dir / "loss.png", "nats per character")
 
         mlflow.log_artifact(str(models_dir / "model.keras"), "model")
         mlflow.log_artifact(str(models_dir / "meta.json"), "model")

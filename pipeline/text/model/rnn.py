@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import keras
 
-from pipeline.model.lstm import one_hot
+from pipeline.text.model.lstm import one_hot
 
 CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
 

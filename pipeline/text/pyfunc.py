@@ -36,16 +36,16 @@ class TextGenerator(mlflow.pyfunc.PythonModel):
         from pipeline.machine import import_tensorflow
 
         import_tensorflow()  # before Keras: the server's log without TensorFlow's start-up lines
-        from pipeline import model as models
-        from pipeline.generator import for_model
+        from pipeline.text import model as models
+        from pipeline.text.generator import for_model
 
         model, self.meta = models.load(Path(context.artifacts["model"]).parent)
         self.generator = for_model(model, self.meta["maxlen"])
         self.max_length = int(self.meta.get("serve_max_length", MAX_LENGTH))
 
     def predict(self, context, model_input: list[str], params: dict | None = None) -> list[str]:
-        from pipeline.sample import encode_prompt
-        from pipeline.vectorize import decode
+        from pipeline.text.sample import encode_prompt
+        from pipeline.text.vectorize import decode
 
         p = {**PARAMS, **(params or {})}
         temperature, length, seed, mode = float(p["temperature"]), int(p["length"]), int(p["seed"]), str(p["mode"])
@@ -89,5 +89,5 @@ def log(models_dir: Path, registered_name: str | None = None):
         registered_model_name=registered_name)
 
 
-if __name__ != "pipeline.pyfunc":  # run by MLflow as the model's code, not imported by the package
+if __name__ != "pipeline.text.pyfunc":  # run by MLflow as the model's code, not imported by the package
     mlflow.models.set_model(TextGenerator())

@@ -139,6 +139,7 @@ def normalize(text: str) -> tuple[str, dict[str, int]]:
 
 
 def run(cfg) -> dict:
+    cfg = config.section(cfg, "text")  # the text section with the shared keys (seed, mlflow, ...)
     v = cfg.vectorize
     raw = Path(cfg.paths.raw) / f"{cfg.corpus.name}.txt"
     # Errors name the user's own file where there is one: data/raw/ holds a byte-identical copy.

@@ -1,4 +1,4 @@
-"""The compiled loops of the fused LSTM (`pipeline.lstm_cpu`, which says why they exist and how
+"""The compiled loops of the fused LSTM (`pipeline.text.lstm_cpu`, which says why they exist and how
 training and generation call them): `forward` and `backward` over a batch of windows, `step` for
 a few generation streams, all in numba, with the gates in TensorFlow's own arithmetic.
 

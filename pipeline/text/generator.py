@@ -15,7 +15,7 @@ temperature), in one of two modes:
 Calling `model.predict` once per character, as the book does, spends nearly all its time in
 per-call overhead; the numpy cells give the same probabilities (to float32 rounding). For up to
 FEW_STREAMS streams the first LSTM layer's step is one compiled call instead
-(`pipeline.lstm_loops.step`, the same cell). Models
+(`pipeline.text.lstm_loops.step`, the same cell). Models
 without a recurrent state (conv1d) get `WindowGenerator`: one compiled forward pass per
 character, window mode only. `for_model` picks the right one.
 
@@ -202,7 +202,7 @@ class _LstmLayer:
         h, c = state
         if x.ndim == 1 and len(x) <= FEW_STREAMS:
             if self.compiled_step is None:
-                from pipeline import lstm_cpu
+                from pipeline.text import lstm_cpu
 
                 self.compiled_step = lstm_cpu.load_compiled()["step"]
             # Contiguous int64 ids, C-order states: one compiled signature (a column of a prompt is strided).

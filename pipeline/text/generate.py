@@ -1,4 +1,4 @@
-"""`python -m pipeline.generate [overrides]`: text from a trained model, shown as it is written.
+"""`python -m pipeline.text.generate [overrides]`: text from a trained model, shown as it is written.
 
 Reads conf/generate.yaml (overridden on the command line, Hydra style) and a trained model: the
 folder `model_dir` (model.keras + meta.json, what `dvc repro` writes) or, with `run_id`, the model/
@@ -6,8 +6,8 @@ artifacts of that MLflow run. Prints the prompt followed by the generated text, 
 character when standard output is a terminal, or writes every text to the file `output`.
 Not a pipeline stage: it writes nothing else and logs nothing.
 
-    python -m pipeline.generate prompt="the meaning of life is" length=300
-    python -m pipeline.generate run_id=<id> temperature=[0.2,0.5,1.0] num_samples=2 output=texts.txt
+    python -m pipeline.text.generate prompt="the meaning of life is" length=300
+    python -m pipeline.text.generate run_id=<id> temperature=[0.2,0.5,1.0] num_samples=2 output=texts.txt
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import numpy as np
 from omegaconf import DictConfig
 
 from pipeline import artifacts, config, tracking
-from pipeline.config import temperatures
-from pipeline.sample import SampleError, encode_prompt
-from pipeline.vectorize import decode
+from pipeline.text.config import Generate, temperatures, validate_generate
+from pipeline.text.sample import SampleError, encode_prompt
+from pipeline.text.vectorize import decode
 
 
 def fetch_run_model(run_id: str, uri: str, dest: str) -> Path:
@@ -47,8 +47,8 @@ def run(cfg, out=None) -> dict:
     """Generate `num_samples` texts at each temperature; print or write them. Each text has its
     own random generator, seeded from `seed` and its position, so streaming one text at a time
     and generating all of them in one batch give the same texts."""
-    from pipeline import model as models  # Keras: after main() hid what it need not load
-    from pipeline.generator import for_model
+    from pipeline.text import model as models  # Keras: after main() hid what it need not load
+    from pipeline.text.generator import for_model
 
     out = out or sys.stdout
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,25 +95,25 @@ def run(cfg, out=None) -> dict:
             "chars_per_second": len(texts) * cfg.length / max(seconds, 1e-9)}
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="generate")
+@hydra.main(version_base=None, config_path="../../conf", config_name="generate")
 def _main(raw: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from pipeline.machine import import_tensorflow
 
     import_tensorflow()  # before Keras: without TensorFlow's start-up lines on a machine without a GPU
-    from pipeline import model as models
+    from pipeline.text import model as models
 
     overrides = list(HydraConfig.get().overrides.task)
     try:
-        run(config.validate_generate(raw, config._source(overrides, "conf/generate.yaml")))
+        run(validate_generate(raw, config._source(overrides, "conf/generate.yaml")))
     except (config.ConfigError, models.ModelError, SampleError, tracking.TrackingError, OSError) as e:
         sys.exit(f"error: {e}")
 
 
 def main() -> None:
     try:
-        config.check_overrides(sys.argv[1:], "generate")
+        config.check_overrides(sys.argv[1:], "generate", config._schema_keys(Generate))
     except config.ConfigError as e:
         sys.exit(f"error: {e}")
     _main()

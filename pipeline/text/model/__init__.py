@@ -18,7 +18,7 @@ from pathlib import Path
 
 import keras
 
-from pipeline.model import conv1d, lstm, rnn
+from pipeline.text.model import conv1d, lstm, rnn
 
 
 class ModelError(ValueError):
@@ -42,7 +42,7 @@ class Parallel(keras.Model):
     two), so one loop per core is what keeps both busy. A batch smaller than `parts` (an epoch's
     last) is padded with rows of id 0 whose outputs are dropped: Keras's recurrent layers fail on
     an empty slice. `fused` (the book's model only): each slice's LSTM runs as the compiled CPU
-    loops of `pipeline.lstm_cpu` on the layer's own weights instead of Keras's LSTM, with the
+    loops of `pipeline.text.lstm_cpu` on the layer's own weights instead of Keras's LSTM, with the
     same numbers to float rounding."""
 
     def __init__(self, model: keras.Model, parts: int, fused: bool = False, **kwargs):
@@ -61,7 +61,7 @@ class Parallel(keras.Model):
         return ops.concatenate([run(ids[a:b]) for a, b in zip(cuts, cuts[1:])], axis=0)[:n]
 
     def _fused(self, ids, keep: bool):
-        from pipeline.lstm_cpu import lstm_last
+        from pipeline.text.lstm_cpu import lstm_last
 
         cell = self.inner.get_layer("lstm").cell
         # The input is the embedding's row for each id: the identity's (one-hot) in the book's
@@ -80,7 +80,7 @@ class Parallel(keras.Model):
 
 
 def why_not_fusable(model: keras.Model) -> str | None:
-    """None if the fused CPU loops (`pipeline.lstm_cpu`) can run `model`, else why not: they run the
+    """None if the fused CPU loops (`pipeline.text.lstm_cpu`) can run `model`, else why not: they run the
     book's model only, one LSTM with Keras's default activations and no dropout over the one-hot
     input, predicting after the last position."""
     names = [type(la).__name__ for la in model.layers]

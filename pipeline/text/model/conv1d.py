@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import keras
 
-from pipeline.model.lstm import one_hot
+from pipeline.text.model.lstm import one_hot
 
 
 @keras.saving.register_keras_serializable(package="genlab")

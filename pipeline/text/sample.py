@@ -2,7 +2,7 @@
 
 Reads <paths.models>/model.keras and meta.json (vocab, maxlen, the MLflow run), the held-out
 <paths.prepared>/val.npy (for the default prompt and the held-out loss), train.npy (to measure memorisation: see
-`pipeline.sample_metrics`), and `seed`, `sample` and `vectorize.maxlen`/`step`/`val_step`. Writes
+`pipeline.text.sample_metrics`), and `seed`, `sample` and `vectorize.maxlen`/`step`/`val_step`. Writes
 <paths.samples>/temperature_<T>.txt for each temperature, <paths.metrics>/sample.json (the DVC
 metrics: val_loss and val_bpc, the final model on the held-out windows, which agree with the train
 stage's best_val_loss; speed; per temperature nll_per_char and distinct_2) and sample_info.json
@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import artifacts, config, sample_metrics, tracking
-from pipeline.config import temperatures
-from pipeline.vectorize import decode, make_dataset
+from pipeline import artifacts, config, tracking
+from pipeline.text import sample_metrics
+from pipeline.text.config import temperatures
+from pipeline.text.vectorize import decode, make_dataset
 
 
 # What metrics/sample.json (a DVC metric) keeps of the stage's record: the held-out loss, speed and,
@@ -54,11 +55,12 @@ def encode_prompt(prompt: str, vocab: list[str], lowercase: bool, key: str = "sa
 
 
 def run(cfg) -> dict:
+    cfg = config.section(cfg, "text")  # the text section with the shared keys (seed, mlflow, ...)
     from pipeline.machine import import_tensorflow
 
     import_tensorflow()  # before Keras: without TensorFlow's start-up lines on a machine without a GPU
-    from pipeline import model as models
-    from pipeline.generator import for_model, held_out_prompt
+    from pipeline.text import model as models
+    from pipeline.text.generator import for_model, held_out_prompt
 
     s = cfg.sample
     tracking.connect(tracking.resolve_uri(cfg.mlflow.tracking_uri), cfg.mlflow.experiment)  # fail fast
@@ -155,7 +157,7 @@ def log_reused(cfg, result: dict) -> None:
 
 
 def main() -> None:
-    from pipeline.model import ModelError
+    from pipeline.text.model import ModelError
 
     try:
         run(config.load())

@@ -1,4 +1,4 @@
-"""The book's LSTM layer trained on a CPU through two compiled loops (numba, `pipeline.lstm_loops`)
+"""The book's LSTM layer trained on a CPU through two compiled loops (numba, `pipeline.text.lstm_loops`)
 instead of TensorFlow's per-step ops: the same equations as `keras.layers.LSTM` (gates i, f, c,
 o; sigmoid and tanh), its own weights, and its gradients to float rounding.
 
@@ -23,7 +23,7 @@ next step's forward reads the weights the optimizer wrote after that backward; a
 batch part of one traced call, so concurrent parts never share buffers.
 
 `step` is the same cell for generation: one character of a few streams (one per temperature),
-which `pipeline.generator` calls instead of numpy's few small products and gate ops.
+which `pipeline.text.generator` calls instead of numpy's few small products and gate ops.
 
 The loops are compiled once per machine, ahead of time, into a small extension module that this
 process loads without numba (`load_compiled`: numba and LLVM would hold about 100 MB of it);
@@ -40,7 +40,7 @@ import numpy as np
 
 F32 = np.float32
 
-# Each loop's one signature (pipeline.lstm_loops): the dtype and dimensions of each argument, all
+# Each loop's one signature (pipeline.text.lstm_loops): the dtype and dimensions of each argument, all
 # C-contiguous, and the result. Compiled ahead of time, a loop reads its arguments as these types
 # whatever they are (a wrong one crashes the process), so every call is checked against them first.
 SIGNATURES = {
@@ -123,7 +123,7 @@ def _build(path: str) -> None:
     import shutil
     import tempfile
 
-    from pipeline import lstm_loops
+    from pipeline.text import lstm_loops
 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -162,13 +162,13 @@ def _compile_apart() -> Path | None:
     child = [sys.executable, "-c"]
     if not path.exists():
         print(f"lstm_cpu: compiling the fused LSTM's loops for this machine, once (about 20 s): {path}", file=sys.stderr, flush=True)
-        subprocess.run([*child, f"from pipeline import lstm_cpu; lstm_cpu._build({str(path)!r})"], check=False)
+        subprocess.run([*child, f"from pipeline.text import lstm_cpu; lstm_cpu._build({str(path)!r})"], check=False)
     if path.exists():
         return path
     print("warning: the fused LSTM's loops could not be compiled ahead of time (see the error above); numba's JIT "
           "runs them instead, which keeps about 100 MB more memory in this process", file=sys.stderr, flush=True)
     # No check: if the child cannot compile, load_compiled's compiling raises the error where it matters.
-    subprocess.run([*child, "from pipeline import lstm_cpu, lstm_loops; lstm_loops.compile_jit(lstm_cpu.numba_signatures())"],
+    subprocess.run([*child, "from pipeline.text import lstm_cpu, lstm_loops; lstm_loops.compile_jit(lstm_cpu.numba_signatures())"],
                    check=False)
     return None
 
@@ -191,7 +191,7 @@ def load_compiled() -> dict:
                 module = importlib.util.module_from_spec(spec)
                 spec.loader.exec_module(module)
             else:
-                from pipeline import lstm_loops as module
+                from pipeline.text import lstm_loops as module
 
                 module.compile_jit(numba_signatures())
             _LOOPS = {name: _checked(getattr(module, name), name) for name in SIGNATURES}
