@@ -116,13 +116,13 @@ def child_train(side: str, batch: int, jit: bool, batches: int = 0, mark: int = 
         history = model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=[phases])
         seconds, samples = time.perf_counter() - started, len(x)
     else:
-        from pipeline import config
+        from pipeline import config, epochs
         from pipeline.text import train, vectorize as v
         from pipeline.machine import set_threads
         from pipeline.text.cpu import batch_parts, prepare_fused_lstm
         from pipeline.text.model import MODELS, Parallel
 
-        cfg = config.compose([f"text.train.batch_size={batch}"])
+        cfg = config.compose_section([f"text.train.batch_size={batch}"])
         t = cfg.train
         # As the train stage runs it; XLA compiles the step into one program for all the threads, which
         # batch parts (one thread per op) would starve: 983 samples/s at batch 512 with 2 parts, 1,580 with 1.
@@ -136,7 +136,7 @@ def child_train(side: str, batch: int, jit: bool, batches: int = 0, mark: int = 
         ids = v.encode(train_text, vocab)
         model = MODELS[cfg.model.name](len(vocab), cfg.model.units)
         model = Parallel(model, parts, fused) if parts > 1 or fused else model
-        model.compile(optimizer=train.make_optimizer(t.optimizer, t.learning_rate, t.clipnorm),
+        model.compile(optimizer=epochs.make_optimizer(t.optimizer, t.learning_rate, t.clipnorm),
                       loss="sparse_categorical_crossentropy", jit_compile=jit,
                       steps_per_execution=t.steps_per_execution)
         data = train.make_dataset(ids, MAXLEN, STEP, batch, t.shuffle_buffer, cfg.seed, 0)
@@ -340,7 +340,7 @@ def main() -> None:
 
     from pipeline import config
 
-    d = config.compose()
+    d = config.compose_section()
     assert (d.vectorize.maxlen, d.vectorize.step, d.model.units, d.train.batch_size) == (MAXLEN, STEP, UNITS, 128), \
         "genlab's defaults no longer match the book's recipe: update the benchmark"
     print(f"corpus {_corpus()}; measuring (each line: one fresh process) ...", file=sys.stderr, flush=True)

@@ -65,7 +65,7 @@ def prepare(folder: Path) -> None:
 
     with tempfile.TemporaryDirectory() as raw:  # the corpora themselves stay out of DIR
         for corpus in ("nietzsche", "tinyshakespeare"):
-            cfg = config.compose([f"text/corpus={corpus}", f"text.paths.raw={raw}", f"text.paths.prepared={folder / corpus}",
+            cfg = config.compose_section([f"text/corpus={corpus}", f"text.paths.raw={raw}", f"text.paths.prepared={folder / corpus}",
                                   f"text.paths.metrics={raw}/metrics"])
             fetch.run(cfg)
             vectorize.run(cfg)
@@ -127,7 +127,7 @@ def kernels(vocab_size: int, counts: Counter) -> dict:
     out = {}
     for name in MODELS:
         counts.clear()
-        model = build(vocab_size, **OmegaConf.to_container(config.compose([f"text/model={name}"]).model))
+        model = build(vocab_size, **OmegaConf.to_container(config.compose_section([f"text/model={name}"]).model))
         model.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy")
         model.train_on_batch(x, x[:, -1])
         out[name] = dict(counts)
@@ -142,7 +142,7 @@ def throughput(folder: Path, batch: int, counts: Counter) -> dict:
 
     from pipeline import config
     from pipeline.text.model import build
-    cfg = config.compose([f"text.train.batch_size={batch}"])
+    cfg = config.compose_section([f"text.train.batch_size={batch}"])
     train, _, vocab = _load(folder / "nietzsche")
     x, y = windows(train, cfg.vectorize.maxlen, cfg.vectorize.step)
     order = np.random.default_rng([cfg.seed, 0]).permutation(len(x))  # the train stage's epoch-0 order
@@ -254,7 +254,7 @@ def quality(folder: Path, recipe: str, seconds: float, out: Path) -> dict:
     from pipeline import config
     from pipeline.text.model import build
 
-    cfg = config.compose(RECIPES[recipe])
+    cfg = config.compose_section(RECIPES[recipe])
     keys, v, t = OmegaConf.to_container(cfg.model), cfg.vectorize, cfg.train
     val_step = v.val_step or v.step
     assert cfg.corpus.name == "tinyshakespeare" and t.targets == "all", "a recipe trains on tiny-shakespeare, all targets"
@@ -299,7 +299,7 @@ def default_pipeline(folder: Path, raw: Path | None, overrides: tuple[str, ...] 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         if raw is not None:
-            cfg = config.compose([*overrides, f"text.fetch.mirror={raw}", f"text.paths.raw={tmp}/raw", f"text.paths.prepared={tmp}/prepared",
+            cfg = config.compose_section([*overrides, f"text.fetch.mirror={raw}", f"text.paths.raw={tmp}/raw", f"text.paths.prepared={tmp}/prepared",
                                   f"text.paths.metrics={tmp}/metrics"])
             for name, stage in (("fetch", fetch), ("vectorize", vectorize)):
                 t0 = time.perf_counter()
@@ -307,7 +307,7 @@ def default_pipeline(folder: Path, raw: Path | None, overrides: tuple[str, ...] 
                 seconds[name] = time.perf_counter() - t0
             prepared = Path(cfg.paths.prepared)
         else:
-            cfg = config.compose(list(overrides))
+            cfg = config.compose_section(list(overrides))
             prepared = folder / cfg.corpus.name
         train, val, vocab = _load(prepared)
         maxlen, s = cfg.vectorize.maxlen, cfg.sample
@@ -400,7 +400,7 @@ def _sample(folder: Path, name: str, parts: list[Path]) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
     (run_dir / "models").mkdir(parents=True)
     (run_dir / "models/model.keras").write_bytes(b"".join(p.read_bytes() for p in parts))
-    cfg = config.compose([*RECIPES[name], f"text.paths.prepared={folder / 'tinyshakespeare'}", f"text.paths.models={run_dir}/models",
+    cfg = config.compose_section([*RECIPES[name], f"text.paths.prepared={folder / 'tinyshakespeare'}", f"text.paths.models={run_dir}/models",
                           f"text.paths.samples={run_dir}/samples", f"text.paths.metrics={run_dir}/metrics",
                           f"mlflow.tracking_uri=sqlite:///{run_dir}/mlflow.db", "text.sample.temperature=[0.5]", "text.sample.length=600"])
     uri = tracking.resolve_uri(cfg.mlflow.tracking_uri)
@@ -412,7 +412,7 @@ def _sample(folder: Path, name: str, parts: list[Path]) -> dict:
         "vocab": vocab, "maxlen": cfg.vectorize.maxlen, "lowercase": cfg.vectorize.lowercase, "model": cfg.model.name,
         "mlflow": {"tracking_uri": tracking.redact(uri), "experiment_id": experiment_id, "run_id": run_id}})
     sampled = sample.run(cfg)
-    text = (run_dir / "samples/temperature_0.5.txt").read_text(encoding="utf-8")
+    text = (run_dir / "samples/text/temperature_0.5.txt").read_text(encoding="utf-8")
     return {"sample_val_loss": sampled["val_loss"], "prompt": sampled["prompt"],
             "sample_t0.5": text[len(sampled["prompt"]):].rstrip("\n")}
 

@@ -68,7 +68,7 @@ def child(row: str, overrides: list[str]) -> dict:
     folder.mkdir(parents=True)
     os.chdir(folder)
     corpus = row.split("/")[0]
-    cfg = config.compose([f"text/corpus={corpus}", *overrides, f"mlflow.tracking_uri=sqlite:///{folder}/mlflow.db",
+    cfg = config.compose_section([f"text/corpus={corpus}", *overrides, f"mlflow.tracking_uri=sqlite:///{folder}/mlflow.db",
                           "text.sample.temperature=[0.5]", "text.sample.length=600"])
     for stage in (fetch, vectorize):
         stage.run(cfg)
@@ -79,7 +79,7 @@ def child(row: str, overrides: list[str]) -> dict:
             "best_epoch": trained["best_epoch"], "epochs": trained["epochs"], "train_seconds": trained["seconds"],
             "parameters": trained["parameters"], "stopped": trained["stopped"], "machine": machine(),
             "date": datetime.date.today().isoformat(), "prompt": sampled["prompt"],
-            "sample_t0.5": (folder / "samples/temperature_0.5.txt").read_text(encoding="utf-8")[len(sampled["prompt"]):].rstrip("\n")}
+            "sample_t0.5": (folder / "samples/text/temperature_0.5.txt").read_text(encoding="utf-8")[len(sampled["prompt"]):].rstrip("\n")}
 
 
 def load() -> dict:

@@ -85,7 +85,8 @@ def clear(folder: Path) -> None:
     pointer.unlink(missing_ok=True)
     for old in Path(folder).glob("epoch_*"):
         shutil.rmtree(old, ignore_errors=True)
-    try:
-        Path(folder).rmdir()
-    except OSError:
-        pass
+    for empty in (Path(folder), Path(folder).parent):  # checkpoints/vae, then checkpoints/ if nothing else is there
+        try:
+            empty.rmdir()
+        except OSError:
+            break

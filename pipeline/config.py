@@ -269,6 +269,11 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     return validate(_compose_raw(overrides), _source(overrides))
 
 
+def compose_section(overrides: list[str] | tuple[str, ...] = (), name: str = "text") -> DictConfig:
+    """`compose(overrides)`'s section of generator `name`, as its stages read it (benchmarks)."""
+    return section(compose(overrides), name)
+
+
 def load(path: Path = PARAMS_FILE) -> DictConfig:
     """The validated config of a DVC stage: params.yaml in the working directory."""
     if not path.exists():

@@ -37,6 +37,13 @@ def log_epoch(row: dict) -> None:
     mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 
 
+def make_optimizer(name: str, learning_rate: float, clipnorm: float | None = None):
+    import keras
+
+    return {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
+            "sgd": keras.optimizers.SGD}[name](learning_rate=learning_rate, clipnorm=clipnorm)
+
+
 def new_state(seed: int, fingerprint: str) -> dict:
     """The callback's state before the first epoch; `seed` seeds the per-epoch work's RNG."""
     return {"history": [], "good_epochs": [], "best_val_loss": math.inf, "best_epoch": 0, "wait": 0, "rollbacks": 0,

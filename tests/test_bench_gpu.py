@@ -21,7 +21,7 @@ def test_recipes_compose_to_what_was_measured():
     measured = [q for run in runs.values() for q in run.get("quality", {}).values()]
     assert {q["recipe"] for q in measured} == set(gpu.RECIPES)
     for q in measured:
-        cfg = config.compose(gpu.RECIPES[q["recipe"]])
+        cfg = config.compose_section(gpu.RECIPES[q["recipe"]])
         assert OmegaConf.to_container(cfg.model) == q["model"], q["recipe"]
         assert (cfg.vectorize.maxlen, cfg.vectorize.step, cfg.train.batch_size, cfg.train.learning_rate) == \
             (q["maxlen"], q["step"], q["batch"], q["learning_rate"]), q["recipe"]

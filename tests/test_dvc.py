@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import config
+from pipeline.text.config import temperatures
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -54,7 +55,7 @@ def test_repro_runs_what_changed_and_nothing_else(repo):
     assert repro(repo) == ["fetch", "vectorize", "train", "sample"]
     assert repro(repo) == []  # nothing changed: nothing runs
     assert repro(repo, "text.sample.temperature=0.7") == ["sample"]  # a new temperature never retrains
-    assert sorted(p.name for p in (path / "samples").iterdir()) == ["temperature_0.7.txt"]
+    assert sorted(p.name for p in (path / "samples/text").iterdir()) == ["temperature_0.7.txt"]
     assert repro(repo, "text.sample.temperature=0.7", "text.vectorize.maxlen=16") == ["vectorize", "train", "sample"]
     assert repro(repo, "text.sample.temperature=0.7", "text.vectorize.maxlen=16") == []
 
@@ -113,8 +114,8 @@ def test_dvc_experiments_compose_params_from_conf_and_run_a_grid(repo):
     dvc = [sys.executable, "-m", "dvc"]
     out = _sh([*dvc, "exp", "run", "-S", "experiment=tiny", "-S", "text.sample.temperature=0.3"], path, env)
     assert _ran(out) == ["sample"]
-    params = config.load(path / "params.yaml")
-    assert config.temperatures(params.sample.temperature) == [0.3] and params.vectorize.maxlen == 20
+    params = config.load(path / "params.yaml").text
+    assert temperatures(params.sample.temperature) == [0.3] and params.vectorize.maxlen == 20
 
     out = _sh([*dvc, "exp", "run", "--queue", "-S", "experiment=tiny", "-S", "text.sample.temperature=0.2,1.0",
                "-S", "text.vectorize.maxlen=16,20"], path, env)

@@ -15,7 +15,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
 
-FAMILIES = sorted(p.stem for p in (REPO / "conf/model").glob("*.yaml"))
+FAMILIES = sorted(p.stem for p in (REPO / "conf/text/model").glob("*.yaml"))
 # Small versions of each family, so that the whole pipeline runs in seconds.
 SMALL = {"lstm": [], "stacked_lstm": ["text.model.units=16", "text.model.embedding=8"], "gru": ["text.model.units=16", "text.model.embedding=null"],
          "conv1d": ["text.model.dilations=[1,2,4,8]"]}
@@ -26,7 +26,7 @@ def test_every_family_in_conf_has_a_builder_and_a_small_version():
 
     assert FAMILIES == sorted(MODELS) == sorted(SMALL)
     for name in FAMILIES:
-        assert config.compose([f"text/model={name}"]).model.name == name
+        assert config.compose([f"text/model={name}"]).text.model.name == name
 
 
 def _random_model(name: str, vocab: int = 11, **keys):
@@ -127,7 +127,7 @@ def test_dropout_trains_but_never_generates():
     (["text/model=conv1d", "text.model.kernel_size=1"], "model.kernel_size"),
     (["text/model=conv1d", "text.model.dilations=[]"], "model.dilations"),
     (["text.model.name=transformer"], "model.name"),
-    (["text/model=lstm", "+model.layers=2"], "model.layers"),  # a key of another family
+    (["text/model=lstm", "+text.model.layers=2"], "model.layers"),  # a key of another family
 ])
 def test_bad_model_configs_name_the_key(overrides, key):
     with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")):
@@ -152,7 +152,7 @@ def test_each_family_runs_the_pipeline_and_the_sample_stage_agrees_on_the_held_o
     assert sampled["val_loss"] == pytest.approx(best, rel=1e-4)
     assert sampled["val_bpc"] == pytest.approx(trained["val_bpc"], rel=1e-4)
     assert json.loads((workdir / "metrics/sample.json").read_text())["val_loss"] == sampled["val_loss"]
-    assert len((workdir / "samples/temperature_0.5.txt").read_text()) > cfg.sample.length
+    assert len((workdir / "samples/text/temperature_0.5.txt").read_text()) > cfg.sample.length
 
     model, meta = load(workdir / "models")
     assert meta["model"] == name
@@ -376,7 +376,7 @@ def test_every_recurrent_layer_conf_builds_qualifies_for_cudnn(overrides):
     from pipeline.text.model import build
 
     tf_rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")  # where TensorFlow's backend decides
-    keys = OmegaConf.to_container(config.compose(overrides).model)
+    keys = OmegaConf.to_container(config.compose(overrides).text.model)
     for sequence in (False, True):
         model = build(57, sequence=sequence, **keys)
         recurrent = [layer for layer in model.layers if isinstance(layer, (keras.layers.LSTM, keras.layers.GRU))]
@@ -447,7 +447,7 @@ def test_the_loops_are_compiled_ahead_of_time_and_run_without_numba(tmp_path):
     seen, err = _load_in_a_child(tmp_path, **cpu)
     assert seen["numba"] == ["False", "keras", "False"]
     assert float(seen["differ"][0]) <= 1e-6 and float(seen["moved"][0]) > 0.01  # the same values, and not zeros
-    assert [p.name.split(".")[0] for p in tmp_path.iterdir() if not p.name.startswith("pipeline_")] == ["_lstm_cpu_loops"]
+    assert [p.name.split(".")[0] for p in tmp_path.iterdir() if not p.name.startswith("text_")]  # numba's index of the package folder == ["_lstm_cpu_loops"]
     assert "compiling the fused LSTM's loops" in err and "warning" not in err
     seen, err = _load_in_a_child(tmp_path, **cpu)  # built once: the next process loads it
     assert "compiling" not in err and float(seen["differ"][0]) <= 1e-6

@@ -30,10 +30,10 @@ def test_run_writes_model_history_metrics_and_samples(finished_run):
     assert metrics["seconds_per_epoch"] > 0
     # TensorFlow alone is some 600 MiB resident: a figure in KiB, bytes or GiB would be far outside
     assert 300 < metrics["peak_rss_mib"] < 16 * 1024
-    names = sorted(p.name for p in (workdir / "samples").iterdir())
+    names = sorted(p.name for p in (workdir / "samples/text").iterdir())
     assert names == ["temperature_0.5.txt", "temperature_1.2.txt"]
     for name in names:
-        text = (workdir / "samples" / name).read_text().rstrip("\n")
+        text = (workdir / "samples/text" / name).read_text().rstrip("\n")
         assert len(text) == 20 + 80 and set(text) <= set(meta["vocab"])
 
 
@@ -73,7 +73,7 @@ def test_mlflow_holds_params_per_epoch_metrics_samples_and_model(finished_run):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "samples/epoch_002")}
     assert artifacts == {f"samples/epoch_002/temperature_{t}.txt" for t in (0.2, 0.5, 1.0, 1.2)}
     local = client.download_artifacts(run.info.run_id, "sample/temperature_1.2.txt", str(workdir / "dl"))
-    assert open(local).read() == (workdir / "samples/temperature_1.2.txt").read_text().rstrip("\n")
+    assert open(local).read() == (workdir / "samples/text/temperature_1.2.txt").read_text().rstrip("\n")
     assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == {"model/model.keras", "model/meta.json"}
     local = client.download_artifacts(run.info.run_id, "loss.png", str(workdir / "dl"))
     assert open(local, "rb").read() == (workdir / "metrics/loss.png").read_bytes()
@@ -110,7 +110,7 @@ def test_hydra_multirun_gives_one_mlflow_run_per_job(workdir, data_dir):
     assert {r.data.tags["sweep.job"] for r in runs} == {"0", "1"}
     assert {r.data.params["corpus.path"] for r in runs} == {str(workdir / "mine.txt")}
     for job, t in (("0", "0.5"), ("1", "1.0")):
-        assert (workdir / "sweep" / job / "samples" / f"temperature_{t}.txt").exists()
+        assert (workdir / "sweep" / job / "samples/text" / f"temperature_{t}.txt").exists()
 
 
 def _pipeline(workdir, *args):
@@ -187,7 +187,8 @@ def test_steps_per_execution_changes_speed_not_the_weights():
     import numpy as np
 
     from pipeline.text.model.lstm import build as build_lstm
-    from pipeline.text.train import make_dataset, make_optimizer
+    from pipeline.epochs import make_optimizer
+    from pipeline.text.train import make_dataset
 
     ids = np.random.default_rng(0).integers(0, 11, 3000).astype(np.int32)  # 994 windows: 16 batches of 64, the last partial
     weights = []

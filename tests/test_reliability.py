@@ -30,7 +30,7 @@ def _prepare(folder, data_dir, overrides):
     cwd = os.getcwd()
     os.chdir(folder)
     try:
-        cfg = config.load()
+        cfg = config.section(config.load(), "text")
         fetch.run(cfg)
         vectorize.run(cfg)
     finally:

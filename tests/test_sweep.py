@@ -75,8 +75,10 @@ def test_a_sweep_runs_each_distinct_stage_once_and_a_repeat_runs_nothing(workdir
     assert counts == {("fetch", "ran"): 1, ("fetch", "reused"): 3, ("vectorize", "ran"): 2, ("vectorize", "reused"): 2,
                       ("train", "ran"): 2, ("train", "reused"): 2, ("sample", "ran"): 4}
     store = workdir / ".genlab/cache"
-    entries = {stage: sorted(p.name for p in (store / stage).iterdir() if p.is_dir()) for stage in cache.stages()}
+    entries = {stage.removeprefix("text_"): sorted(p.name for p in (store / stage).iterdir() if p.is_dir())
+               for stage in cache.stages() if stage.startswith("text_")}
     assert {stage: len(keys) for stage, keys in entries.items()} == {"fetch": 1, "vectorize": 2, "train": 2, "sample": 4}
+    assert not [p for p in store.iterdir() if not p.name.startswith("text_")]  # a text sweep runs no VAE stage
     for r in runs:  # the tag names the entry that was used, and a reused model's run is as comparable as a trained one
         assert r.data.tags["stage.train.key"] in entries["train"]
         assert r.data.params["vectorize.maxlen"] in ("10", "20") and "best_val_loss" in r.data.metrics
@@ -93,7 +95,7 @@ def test_a_sweep_runs_each_distinct_stage_once_and_a_repeat_runs_nothing(workdir
     assert len(again) == 4 and set(counts) == {(s, "reused") for s in ("fetch", "vectorize", "train", "sample")}
     for job in range(4):
         assert (workdir / "second" / str(job) / "models/model.keras").stat().st_size > 0
-        assert list((workdir / "second" / str(job) / "samples").glob("temperature_*.txt"))
+        assert list((workdir / "second" / str(job) / "samples/text").glob("temperature_*.txt"))
     first = {r.data.params["sample.temperature"] + "/" + r.data.params["vectorize.maxlen"]: r for r in runs}
     for r in again:  # the reused samples are the ones generated the first time
         twin = first[r.data.params["sample.temperature"] + "/" + r.data.params["vectorize.maxlen"]]
@@ -106,7 +108,7 @@ def test_a_sweep_runs_each_distinct_stage_once_and_a_repeat_runs_nothing(workdir
 def test_the_cache_key_follows_params_code_and_upstream(tmp_path):
     from omegaconf import OmegaConf
 
-    spec = {"deps": ["pipeline/sample.py", "models/model.keras"], "params": ["seed", "sample"],
+    spec = {"deps": ["pipeline/text/sample.py", "models/model.keras"], "params": ["seed", "sample"],
             "outs": ["${paths.samples}"]}
     cfg = OmegaConf.create({"seed": 1, "sample": {"temperature": 0.5}, "train": {"epochs": 1},
                             "paths": {"samples": "samples"}})
@@ -116,7 +118,7 @@ def test_the_cache_key_follows_params_code_and_upstream(tmp_path):
     assert cache.key("sample", spec, other_train, ["a"]) == base
     assert cache.key("sample", spec, OmegaConf.merge(cfg, {"sample": {"temperature": 1.0}}), ["a"]) != base
     assert cache.key("sample", spec, cfg, ["b"]) != base
-    assert cache.key("sample", {**spec, "deps": ["pipeline/train.py"]}, cfg, ["a"]) != base
+    assert cache.key("sample", {**spec, "deps": ["pipeline/text/train.py"]}, cfg, ["a"]) != base
     assert cache.key("sample", spec, OmegaConf.merge(cfg, {"paths": {"samples": "elsewhere"}}), ["a"]) != base
 
 
@@ -159,8 +161,10 @@ def test_every_param_a_stage_declares_is_in_its_cache_key():
                 OmegaConf.update(edited, leaf, _changed(value), force_add=True)
                 assert cache.key(name, spec, edited, ["up"]) != key, f"{name}: {leaf} is not in its key"
                 checked.add((name, leaf))
-    assert {("train", "seed"), ("sample", "seed"), ("train", "model.dropout"), ("vectorize", "vectorize.step"),
-            ("fetch", "corpus.sha256"), ("sample", "sample.temperature")} <= checked
+    assert {("text_train", "seed"), ("text_sample", "seed"), ("text_train", "text.model.dropout"),
+            ("text_vectorize", "text.vectorize.step"), ("text_fetch", "text.corpus.sha256"),
+            ("text_sample", "text.sample.temperature"), ("vae_train", "vae.train.beta"), ("vae_train", "vae.model.latent_dim"),
+            ("vae_sample", "vae.sample.concept"), ("vae_fetch", "vae.data.content_sha256")} <= checked
 
 
 def test_an_edited_corpus_file_is_fetched_again_not_served_from_the_cache(tmp_path, monkeypatch):
@@ -174,11 +178,11 @@ def test_an_edited_corpus_file_is_fetched_again_not_served_from_the_cache(tmp_pa
     own.write_text("first version of my text\n", encoding="utf-8")
     cfg = config.compose(["experiment=tiny", "text/corpus=custom", f"text.corpus.path={own}"])
     store = tmp_path / "store"
-    _, status, first = cache.run("fetch", fetch.run, cfg, [], store)
+    _, status, first = cache.run("text_fetch", fetch.run, cfg, [], store)
     assert status == "ran"
-    assert cache.run("fetch", fetch.run, cfg, [], store)[1] == "reused"  # unchanged: reused
+    assert cache.run("text_fetch", fetch.run, cfg, [], store)[1] == "reused"  # unchanged: reused
     own.write_text("second version, edited in place\n", encoding="utf-8")
-    _, status, second = cache.run("fetch", fetch.run, cfg, [], store)
+    _, status, second = cache.run("text_fetch", fetch.run, cfg, [], store)
     assert status == "ran" and second != first
     assert (tmp_path / "data/raw/custom.txt").read_text(encoding="utf-8") == "second version, edited in place\n"
 
@@ -354,15 +358,15 @@ def test_run_names_show_what_differs_in_their_first_characters():
     MLflow's random names were all one name)."""
     from pipeline import config, sweep, tracking
 
-    swept = ["sample.temperature", "vectorize.maxlen"]
+    swept = ["text.sample.temperature", "text.vectorize.maxlen"]
     names = [sweep.job_name([f"text.sample.temperature={t}", f"text.vectorize.maxlen={m}", "experiment=tiny"], swept)
              for t in ("0.5", "1.0") for m in ("20", "40")]
     assert names == ["T=0.5 maxlen=20", "T=0.5 maxlen=40", "T=1.0 maxlen=20", "T=1.0 maxlen=40"]
-    defaults = config.compose()
+    defaults = config.section(config.compose(), "text")
     runs = [[], ["text.vectorize.maxlen=40"], ["text.model.units=64"], ["text.vectorize.maxlen=40", "text.model.units=64"],
-            ["seed=7"], ["text.mlflow.experiment=other"]]
-    named = [tracking.run_name(config.compose(o), defaults) for o in runs]
-    assert named == ["defaults", "maxlen=40", "units=64", "maxlen=40 units=64", "seed=7", "defaults"]
+            ["seed=7"], ["text.mlflow.experiment=other"], ["vae.model.latent_dim=8"]]
+    named = [tracking.run_name(config.section(config.compose(o), "text"), defaults) for o in runs]
+    assert named == ["defaults", "maxlen=40", "units=64", "maxlen=40 units=64", "seed=7", "defaults", "defaults"]
     # keys whose last parts collide keep their full names
     assert tracking.short_names({"sample.length": 80, "train.epoch_samples.length": 40}) == \
         "text.sample.length=80 text.train.epoch_samples.length=40"

@@ -33,13 +33,6 @@ from pipeline.text.vectorize import make_dataset
 DATA_FILES = ("train.npy", "val.npy", "vocab.json")
 
 
-def make_optimizer(name: str, learning_rate: float, clipnorm: float | None = None):
-    import keras
-
-    return {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
-            "sgd": keras.optimizers.SGD}[name](learning_rate=learning_rate, clipnorm=clipnorm)
-
-
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()  # DVC's own content hash for a file
 
@@ -116,7 +109,7 @@ def run(cfg) -> dict:
             print(f"train: fused_lstm auto: {reason}; training with Keras's LSTM", flush=True)
             fused = False
         m = Parallel(m, parts, fused) if parts > 1 or fused else m
-        m.compile(optimizer=make_optimizer(t.optimizer, t.learning_rate, t.clipnorm), loss="sparse_categorical_crossentropy",
+        m.compile(optimizer=epochs.make_optimizer(t.optimizer, t.learning_rate, t.clipnorm), loss="sparse_categorical_crossentropy",
                   steps_per_execution=t.steps_per_execution)
         return m
 

@@ -55,7 +55,9 @@ class Train:
     plateau: Plateau = MISSING
     divergence: Divergence = MISSING
     checkpoint: bool = MISSING
-    images: int = MISSING
+    reconstructions: int = MISSING
+    train_digits: Optional[int] = MISSING
+    test_digits: Optional[int] = MISSING
 
 
 @dataclass
@@ -109,12 +111,14 @@ def check(cfg: DictConfig, source: str) -> None:
     _check(len(m.filters) > 0 and all(f >= 1 for f in m.filters), "model.filters",
            f"must be a non-empty list of integers >= 1, got {list(m.filters)}", source)
     _check(len(m.filters) <= 2, "model.filters", f"28 x 28 digits halve at most twice (7 x 7), got {len(m.filters)} layers", source)
-    for key in ("model.dense", "model.latent_dim", "train.images", "evaluate.iwae_samples", "evaluate.batch_size",
+    for key in ("model.dense", "model.latent_dim", "train.reconstructions", "evaluate.iwae_samples", "evaluate.batch_size",
                 "sample.grid", "sample.samples", "sample.concept_digits"):
         _check(OmegaConf.select(cfg, key) >= 1, key, f"must be >= 1, got {OmegaConf.select(cfg, key)}", source)
     _check(math.isfinite(t.beta) and t.beta >= 0, "train.beta", f"must be finite and >= 0, got {t.beta}", source)
     check_fitting(t, PREFIX + "train.", source)
-    _check(e.images is None or e.images >= 1, "evaluate.images", f"must be >= 1 or null, got {e.images}", source)
+    for key in ("train.train_digits", "train.test_digits", "evaluate.images"):
+        value = OmegaConf.select(cfg, key)
+        _check(value is None or value >= 1, key, f"must be >= 1 or null, got {value}", source)
     _check(s.steps >= 2, "sample.steps", f"must be >= 2, got {s.steps}", source)
     _check(len(s.interpolate) == 2 and all(0 <= i for i in s.interpolate), "sample.interpolate",
            f"must be two test-set indices, got {list(s.interpolate)}", source)
