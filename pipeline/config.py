@@ -118,11 +118,12 @@ def _generators() -> dict:
 def _schema(raw, source: str) -> DictConfig:
     """The structured schema of the whole tree: the shared keys and each generator's section, which
     its config module shapes from the raw section (the text generator's `model` by `model.name`)."""
+    from omegaconf import open_dict
+
     base = OmegaConf.structured(Shared)
-    OmegaConf.set_struct(base, False)
-    for name, module in _generators().items():
-        base[name] = module.schema(OmegaConf.select(raw, name, default=None), source)
-    OmegaConf.set_struct(base, True)
+    with open_dict(base):
+        for name, module in _generators().items():
+            base[name] = module.schema(OmegaConf.select(raw, name, default=None), source)
     return base
 
 

@@ -50,14 +50,30 @@ def repro(repo, *overrides):
     return _ran(_sh([sys.executable, "-m", "dvc", "repro"], path, env))
 
 
-def test_repro_runs_what_changed_and_nothing_else(repo):
+TEXT = ["text_fetch", "text_vectorize", "text_train", "text_sample"]
+VAE = ["vae_fetch", "vae_train", "vae_sample"]
+
+
+def _of(ran: list[str], generator: str) -> list[str]:
+    return [s for s in ran if s.startswith(generator + "_")]
+
+
+def test_repro_runs_every_generator_then_what_changed_and_nothing_else(repo):
     path, env = repo
-    assert repro(repo) == ["fetch", "vectorize", "train", "sample"]
+    ran = repro(repo)
+    assert sorted(ran) == sorted(TEXT + VAE) and _of(ran, "text") == TEXT and _of(ran, "vae") == VAE
     assert repro(repo) == []  # nothing changed: nothing runs
-    assert repro(repo, "text.sample.temperature=0.7") == ["sample"]  # a new temperature never retrains
+    assert repro(repo, "text.sample.temperature=0.7") == ["text_sample"]  # a new temperature never retrains
     assert sorted(p.name for p in (path / "samples/text").iterdir()) == ["temperature_0.7.txt"]
-    assert repro(repo, "text.sample.temperature=0.7", "text.vectorize.maxlen=16") == ["vectorize", "train", "sample"]
+    assert repro(repo, "text.sample.temperature=0.7", "text.vectorize.maxlen=16") == ["text_vectorize", "text_train", "text_sample"]
     assert repro(repo, "text.sample.temperature=0.7", "text.vectorize.maxlen=16") == []
+    # A VAE key re-runs VAE stages only, and a text key text stages only; a sample key only sampling.
+    assert repro(repo, "text.sample.temperature=0.7", "text.vectorize.maxlen=16", "vae.train.beta=0.5") == ["vae_train", "vae_sample"]
+    assert repro(repo, "text.sample.temperature=0.7", "text.vectorize.maxlen=16", "vae.train.beta=0.5",
+                 "vae.sample.grid=4") == ["vae_sample"]
+    assert repro(repo, "text.sample.temperature=0.7", "text.vectorize.maxlen=16", "vae.train.beta=0.5",
+                 "vae.sample.grid=4", "text.model.units=8") == ["text_train", "text_sample"]
+    assert (path / "samples/vae/latent_grid.png").stat().st_size > 0 and (path / "metrics/vae/train.json").exists()
 
 
 def test_an_edited_custom_corpus_is_fetched_again(repo, tmp_path_factory):
@@ -67,11 +83,11 @@ def test_an_edited_custom_corpus_is_fetched_again(repo, tmp_path_factory):
     own = tmp_path_factory.mktemp("elsewhere") / "my text.txt"
     own.write_text("a first version of my own text\n" * 20, encoding="utf-8")
     config.write_params(["experiment=tiny", "text/corpus=custom", f"text.corpus.path={own}"], path / "params.yaml")
-    fetch = [sys.executable, "-m", "dvc", "repro", "fetch"]
-    assert _ran(_sh(fetch, path, env)) == ["fetch"]
+    fetch = [sys.executable, "-m", "dvc", "repro", "text_fetch"]
+    assert _ran(_sh(fetch, path, env)) == ["text_fetch"]
     assert _ran(_sh(fetch, path, env)) == []
     own.write_text("the second version, edited in place\n" * 20, encoding="utf-8")
-    assert _ran(_sh(fetch, path, env)) == ["fetch"]
+    assert _ran(_sh(fetch, path, env)) == ["text_fetch"]
     assert (path / "data/raw/custom.txt").read_text(encoding="utf-8") == own.read_text(encoding="utf-8")
 
 
@@ -82,7 +98,7 @@ def test_dvc_repro_after_a_kill_resumes_training(repo, stall_after_epoch):
 
     path, env = repo
     config.write_params(["experiment=tiny", "text.vectorize.max_chars=60000", "text.train.epochs=5"], path / "params.yaml")
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=path, env={**env, **stall_after_epoch(2)}, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "text_sample"], cwd=path, env={**env, **stall_after_epoch(2)}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     latest, deadline = path / "checkpoints" / "latest", time.time() + 600
     while not (latest.exists() and latest.read_text().strip() >= "epoch_0002"):
@@ -92,8 +108,8 @@ def test_dvc_repro_after_a_kill_resumes_training(repo, stall_after_epoch):
     proc.communicate(timeout=60)
     assert not (path / "models" / "model.keras").exists()
 
-    out = _sh([sys.executable, "-m", "dvc", "repro"], path, env)
-    assert _ran(out) == ["train", "sample"]  # fetch and vectorize had finished
+    out = _sh([sys.executable, "-m", "dvc", "repro", "text_sample"], path, env)
+    assert _ran(out) == ["text_train", "text_sample"]  # fetch and vectorize had finished
     assert "train: resuming after epoch 2 " in out  # killed where it waited after epoch 2
     assert (path / "metrics" / "history.csv").read_text().count("\n") == 6
     assert not (path / "checkpoints").exists()
@@ -108,12 +124,12 @@ def test_dvc_experiments_compose_params_from_conf_and_run_a_grid(repo):
     import time
 
     path, env = repo
-    assert repro(repo) == ["fetch", "vectorize", "train", "sample"]  # the baseline: maxlen 20
+    assert _of(repro(repo), "text") == TEXT  # the baseline: maxlen 20
     _sh(["git", "add", "-A"], path, env)
     _sh(["git", "commit", "-qm", "baseline"], path, env)
     dvc = [sys.executable, "-m", "dvc"]
     out = _sh([*dvc, "exp", "run", "-S", "experiment=tiny", "-S", "text.sample.temperature=0.3"], path, env)
-    assert _ran(out) == ["sample"]
+    assert _ran(out) == ["text_sample"]
     params = config.load(path / "params.yaml").text
     assert temperatures(params.sample.temperature) == [0.3] and params.vectorize.maxlen == 20
 
@@ -131,7 +147,7 @@ def test_dvc_experiments_compose_params_from_conf_and_run_a_grid(repo):
     assert status.count("Success") == 4, status
     shown = subprocess.run([*dvc, "exp", "show", "--csv"], cwd=path, env=env, capture_output=True, text=True, check=True)
     rows = list(csv.DictReader(io.StringIO(shown.stdout)))
-    grid = {(r["sample.temperature"], r["vectorize.maxlen"]): r for r in rows if r["Experiment"]}
+    grid = {(r["text.sample.temperature"], r["text.vectorize.maxlen"]): r for r in rows if r["Experiment"]}
     assert set(grid) == {(t, m) for t in ("0.2", "1.0") for m in ("16", "20")} | {("0.3", "20")}
     assert grid[("0.3", "20")]["best_val_loss"] == grid[("0.2", "20")]["best_val_loss"]  # the baseline's model
     for (t, m), r in grid.items():
@@ -145,10 +161,10 @@ def test_dvc_experiments_compose_params_from_conf_and_run_a_grid(repo):
                            capture_output=True, text=True, check=True).stdout.splitlines()
     assert max(len(row) for row in table) <= 120 and "…" not in "\n".join(table)
     header = next(row for row in table if "Experiment" in row).split()
-    assert header[1] == "best_val_loss" and {"vectorize.maxlen", "sample.temperature"} <= set(header)
+    assert header[1] == "best_val_loss" and {"text.vectorize.maxlen", "text.sample.temperature"} <= set(header)
     experiments = [row for row in table if re.match(r"\s*[├└]── \w+ \[[\w-]+\]\s+\d+\.\d+\s", row)]
     assert len(experiments) == 5, "\n".join(table)  # each with its best_val_loss
     # The run cache now holds the maxlen-16 model: a new temperature for it trains nothing.
     out = _sh([*dvc, "exp", "run", "-S", "experiment=tiny", "-S", "text.sample.temperature=0.7",
                "-S", "text.vectorize.maxlen=16"], path, env)
-    assert _ran(out) == ["sample"] and "Stage 'train' is cached - skipping run" in out
+    assert _ran(out) == ["text_sample"] and "Stage 'text_train' is cached - skipping run" in out

@@ -111,9 +111,9 @@ DIVERGE = ["text.train.epochs=6", "text.train.plateau.patience=100"]  # no plate
 def nan_weights_at_epoch_5(monkeypatch):
     """The weights turn NaN as epoch 5 begins, so that epoch 5 diverges (a NaN loss), whatever the
     trajectory: the guard is tested on a divergence it must catch, not on one a seed happens to give."""
-    from pipeline.text import callbacks
+    from pipeline import epochs
 
-    epoch_end = callbacks.epoch_end
+    epoch_end = epochs.epoch_end
 
     def poisoned(*args, **kwargs):
         callback = epoch_end(*args, **kwargs)
@@ -127,7 +127,7 @@ def nan_weights_at_epoch_5(monkeypatch):
         callback.on_epoch_begin = on_epoch_begin
         return callback
 
-    monkeypatch.setattr(callbacks, "epoch_end", poisoned)
+    monkeypatch.setattr(epochs, "epoch_end", poisoned)
 
 
 def test_divergence_stops_and_keeps_the_best_model(workdir, nan_weights_at_epoch_5):
@@ -252,10 +252,10 @@ def _prepared(workdir, *overrides):
 def _watch_epochs(monkeypatch, val_loss_bump: float = 0.0):
     """Wrap the train stage's epoch-end callback: record the epochs begun and the weights after
     each epoch; from the second epoch on, add `val_loss_bump` to the val_loss it is shown."""
-    from pipeline.text import callbacks
+    from pipeline import epochs
 
     seen = {"begun": [], "weights": []}
-    epoch_end = callbacks.epoch_end
+    epoch_end = epochs.epoch_end
 
     def watched(*args, **kwargs):
         callback = epoch_end(*args, **kwargs)
@@ -274,7 +274,7 @@ def _watch_epochs(monkeypatch, val_loss_bump: float = 0.0):
         callback.on_epoch_begin, callback.on_epoch_end = on_epoch_begin, on_epoch_end
         return callback
 
-    monkeypatch.setattr(callbacks, "epoch_end", watched)
+    monkeypatch.setattr(epochs, "epoch_end", watched)
     return seen
 
 

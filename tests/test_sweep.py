@@ -15,14 +15,14 @@ from pipeline import cache
 SWEEP = ["experiment=tiny", "text.train.epochs=1", "text.sample.temperature=0.5,1.0", "text.vectorize.maxlen=10,20"]
 
 
-def _launch(workdir, name: str, *args: str, check: bool = True):
+def _launch(workdir, name: str, *args: str, check: bool = True, experiment: str = "genlab-textgen"):
     """`python -m pipeline -m <args>` in `workdir` with its own store; (parent run, child runs)."""
     uri = f"sqlite:///{workdir}/mlflow.db"
     proc = subprocess.run([sys.executable, "-m", "pipeline", "-m", *args, f"mlflow.tracking_uri={uri}",
                            f"hydra.sweep.dir={name}"], cwd=workdir, capture_output=True, text=True, timeout=600)
     assert (proc.returncode == 0) == check, proc.stderr[-3000:]
     client = mlflow.MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("genlab-textgen").experiment_id],
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
                               f"tags.sweep = '{workdir / name}'")
     parents = [r for r in runs if r.data.tags.get("sweep.parent") == "true"]
     assert len(parents) == 1, [r.info.run_name for r in runs]
@@ -370,3 +370,27 @@ def test_run_names_show_what_differs_in_their_first_characters():
     # keys whose last parts collide keep their full names
     assert tracking.short_names({"sample.length": 80, "train.epoch_samples.length": 40}) == \
         "text.sample.length=80 text.train.epoch_samples.length=40"
+
+
+@pytest.mark.slow
+def test_a_vae_sweep_is_one_parent_run_with_a_nested_run_per_job_and_a_summary(workdir):
+    """generator=vae sweeps like the text generator: two latent sizes, two child runs under one
+    parent in the genlab-vae experiment, a summary row per job with its bounds; the data is
+    fetched once and reused."""
+    parent, runs = _launch(workdir, "vae_sweep", "generator=vae", "experiment=tiny", "vae.model.latent_dim=2,3",
+                           experiment="genlab-vae")
+    client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    assert parent.info.status == "FINISHED" and len(runs) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    assert sorted(r.info.run_name for r in runs) == ["latent_dim=2", "latent_dim=3"]
+    assert sorted(r.data.tags["stage.fetch"] for r in runs) == ["ran", "reused"]
+    assert client.get_experiment_by_name("genlab-textgen") is None  # no text stage ran
+    rows = {row["run_id"]: row for row in csv.DictReader((workdir / "vae_sweep" / "summary.csv").open())}
+    assert set(rows) == {r.info.run_id for r in runs}
+    for r in runs:
+        row = rows[r.info.run_id]
+        assert row["model.latent_dim"] == r.data.params["model.latent_dim"]
+        assert float(row["test_iwae_nll"]) == pytest.approx(r.data.metrics["test_iwae_nll"]) < float(row["test_neg_elbo"])
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"summary.csv", "summary.json", "bounds_per_job.png"}
+    best = min(runs, key=lambda r: r.data.metrics["test_iwae_nll"])
+    assert client.get_run(parent.info.run_id).data.tags["sweep.best_run"] == best.info.run_id

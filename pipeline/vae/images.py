@@ -51,10 +51,13 @@ def decode(model, z: np.ndarray, batch: int = 1024) -> np.ndarray:
 
 
 def encode(model, x: np.ndarray, batch: int = 1024) -> np.ndarray:
-    """The posterior means of the digits `x` (n, 28, 28, 1)."""
+    """The posterior means of the digits `x` (n, 28, 28, 1; uint8 or floats in [0, 1])."""
     import keras
 
-    return np.concatenate([keras.ops.convert_to_numpy(model.encoder(x[i:i + batch])[0]) for i in range(0, len(x), batch)])
+    from pipeline.vae.model import pixels
+
+    return np.concatenate([keras.ops.convert_to_numpy(model.encoder(pixels(keras.ops.convert_to_tensor(x[i:i + batch])))[0])
+                           for i in range(0, len(x), batch)])
 
 
 def latent_picture(model, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -19,6 +19,14 @@ SIDE = 28  # MNIST digits are 28 x 28, one channel
 LOG_2PI = math.log(2 * math.pi)
 
 
+def pixels(x):
+    """Digits as float pixel values in [0, 1]: uint8 digits (0-255, what the train stage feeds, a
+    quarter of the float32 bytes through the input pipeline) are scaled here, on the device."""
+    if keras.backend.standardize_dtype(x.dtype) == "uint8":
+        return ops.cast(x, "float32") / 255.0
+    return x
+
+
 def reconstruction_nats(x, logits):
     """-log p(x|z) per image: Bernoulli cross-entropy of the pixels `x` (in [0, 1]) given the
     decoder's `logits`, summed over the pixels (nats per image). The stable form of
@@ -79,7 +87,7 @@ class VAE(keras.Model):
 
     def call(self, x, training=False):
         """Reconstruction probabilities of the digits `x` (through each one's posterior mean)."""
-        mean, _ = self.encoder(x, training=training)
+        mean, _ = self.encoder(pixels(x), training=training)
         return ops.sigmoid(self.decoder(mean, training=training))
 
     def sample_z(self, mean, log_var):
@@ -88,6 +96,7 @@ class VAE(keras.Model):
 
     def losses_of(self, x, training=False):
         """(total, reconstruction, KL) means over the batch `x`, in nats per image."""
+        x = pixels(x)
         mean, log_var = self.encoder(x, training=training)
         rec = ops.mean(reconstruction_nats(x, self.decoder(self.sample_z(mean, log_var), training=training)))
         kl = ops.mean(kl_divergence(mean, log_var))
@@ -126,6 +135,7 @@ class VAE(keras.Model):
         2016) on -log p(x), both from the same `k` posterior samples, in nats:
           -ELBO = KL(q || p(z)) - mean_k log p(x|z_k)
           -IWAE = -(logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log k)  <=  -ELBO."""
+        x = pixels(x)
         mean, log_var = self.encoder(x)
         n, d = ops.shape(mean)[0], self.latent_dim
         eps = keras.random.normal((n, k, d), seed=self.noise)

@@ -45,13 +45,12 @@ def import_keras():
 
 
 def load_digits(path: Path, train_digits: int | None, test_digits: int | None):
-    """MNIST's training and test digits as float32 in [0, 1], shaped (n, 28, 28, 1), and the test labels."""
+    """MNIST's training and test digits as uint8 (n, 28, 28, 1), the model scales them (`pixels`),
+    and the test labels."""
     from pipeline.vae.fetch import read
 
     arrays = read(path)
-    x_train = arrays["x_train"][:train_digits].astype(np.float32)[..., None] / 255.0
-    x_test = arrays["x_test"][:test_digits].astype(np.float32)[..., None] / 255.0
-    return x_train, x_test, arrays["y_test"][:test_digits]
+    return arrays["x_train"][:train_digits, ..., None], arrays["x_test"][:test_digits, ..., None], arrays["y_test"][:test_digits]
 
 
 def bounds(model, x: np.ndarray, k: int, batch: int, seed: int, label: str = "evaluate") -> tuple[float, float]:
@@ -101,7 +100,7 @@ def run(cfg) -> dict:
         state.update(found[1])
         print(f"train: resuming after epoch {state['epoch']} from the checkpoint in {checkpoints}", flush=True)
 
-    shown = x_test[:t.reconstructions]  # the same digits every epoch: progress is visible frame to frame
+    shown = x_test[:t.reconstructions].astype(np.float32) / 255.0  # the same digits every epoch: progress shows frame to frame
 
     def pictures(n, model, rng) -> str:
         mlflow.log_image(images.latent_picture(model, PER_EPOCH_GRID, np.random.default_rng(cfg.seed)),

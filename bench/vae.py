@@ -1,0 +1,190 @@
+"""genlab's VAE against keras-io's VAE example (bench/vae_reference.py, re-stated as it runs),
+measured in the same run on the same data: MNIST's 60,000 training digits, the same epochs.
+
+    python bench/vae.py                  # 5 epochs each, scored on the 10,000 test digits with k=50
+    python bench/vae.py --epochs 30      # the book's recipe
+    python bench/vae.py --json           # the figures as one JSON object
+
+Each side runs in a fresh process of its own, from the same initial weights (the reference's,
+drawn from the seed: the two models have the same layers, and a VAE's loss after a few epochs
+varies with its initialisation by more than any difference between the two implementations). The
+reference is the example's fit(); genlab's is its
+real train stage (`pipeline.vae.train.run`, in a throwaway folder): every epoch also scores the
+10,000 test digits, logs two pictures to MLflow and writes a checkpoint, all inside the epoch time
+it reports. The epoch time is the median over the epochs after the first (which traces the graph).
+Both trained models are then scored by the same code here, with the same posterior samples: the
+negative ELBO and the IWAE bound (k samples) on the test digits, in nats per digit; the decoders'
+probabilities are clipped to [1e-7, 1 - 1e-7] as Keras's binary cross-entropy clips them.
+Needs mnist.npz in $GENLAB_DATA_DIR.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+EPS = 1e-7
+
+
+def _digits():
+    from pipeline.vae.fetch import read
+
+    path = Path(os.environ.get("GENLAB_DATA_DIR", "/nonexistent")) / "mnist.npz"
+    if not path.is_file():
+        sys.exit("error: no mnist.npz: set GENLAB_DATA_DIR to a folder holding it")
+    arrays = read(path)
+    return (arrays["x_train"].astype(np.float32)[..., None] / 255.0, arrays["x_test"].astype(np.float32)[..., None] / 255.0)
+
+
+def score(encode, decode_probs, x: np.ndarray, k: int, seed: int = 0, batch: int = 20) -> tuple[float, float]:
+    """Mean negative ELBO and IWAE bound over `x` (nats per digit), the same posterior samples for
+    any model of the same latent size: eps from `seed`."""
+    rng = np.random.default_rng(seed)
+    elbo, iwae = [], []
+    for i in range(0, len(x), batch):
+        xb = x[i:i + batch].astype(np.float64)
+        mean, log_var = (np.asarray(a, np.float64) for a in encode(x[i:i + batch]))
+        n, d = mean.shape
+        eps = rng.standard_normal((n, k, d))
+        z = mean[:, None] + np.exp(0.5 * log_var)[:, None] * eps
+        p = np.clip(np.asarray(decode_probs(z.reshape(n * k, d).astype(np.float32)), np.float64), EPS, 1 - EPS).reshape(n, k, -1)
+        flat = xb.reshape(n, 1, -1)
+        log_px = (flat * np.log(p) + (1 - flat) * np.log(1 - p)).sum(axis=2)
+        log_w = log_px - 0.5 * (z ** 2).sum(axis=2) + 0.5 * (eps ** 2 + log_var[:, None]).sum(axis=2)
+        kl = -0.5 * (1 + log_var - mean ** 2 - np.exp(log_var)).sum(axis=1)
+        elbo.append(kl - log_px.mean(axis=1))
+        top = log_w.max(axis=1, keepdims=True)
+        iwae.append(-(top[:, 0] + np.log(np.exp(log_w - top).mean(axis=1))))
+    return float(np.concatenate(elbo).mean()), float(np.concatenate(iwae).mean())
+
+
+SEED = 1337
+
+
+def _initial_weights(keras) -> list:
+    """The reference's initial weights for SEED: encoder then decoder, in layer order (genlab's
+    VAE lists the same shapes in the same order)."""
+    from bench import vae_reference as ref
+
+    keras.utils.set_random_seed(SEED)
+    encoder, decoder = ref.build()
+    return encoder.get_weights() + decoder.get_weights()
+
+
+def child(side: str, epochs: int, k: int) -> dict:
+    from pipeline.machine import import_tensorflow, peak_rss_mib
+
+    import_tensorflow()
+    import keras
+
+    x_train, x_test = _digits()
+    initial = _initial_weights(keras)
+    if side == "reference":
+        from bench import vae_reference as ref
+
+        class Timer(keras.callbacks.Callback):
+            seconds, started = [], 0.0
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.started = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.seconds.append(time.perf_counter() - self.started)
+                self.loss = float(logs["loss"])
+
+        keras.utils.set_random_seed(SEED)  # what _initial_weights drew: the same weights again
+        timer = Timer()
+        vae = ref.train(x_train, epochs, [timer])
+        seconds, loss = timer.seconds, timer.loss
+        encode = lambda x: [keras.ops.convert_to_numpy(a) for a in vae.encoder(x)[:2]]  # noqa: E731
+        decode = lambda z: keras.ops.convert_to_numpy(vae.decoder(z))  # noqa: E731
+    else:
+        from pipeline import config
+        from pipeline.vae import fetch, model, train
+
+        assert [w.shape for w in model.VAE().get_weights()] == [w.shape for w in initial]
+
+        class FromReference(model.VAE):  # the stage's model, started from the reference's weights
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.set_weights(initial)
+
+        model.VAE = FromReference
+
+        with tempfile.TemporaryDirectory() as work:
+            os.chdir(work)
+            cfg = config.compose([f"vae.train.epochs={epochs}", "vae.evaluate.iwae_samples=1", "vae.evaluate.images=10", f"seed={SEED}",
+                                  f"mlflow.tracking_uri=sqlite:///{work}/mlflow.db"])
+            fetch.run(cfg)
+            result = train.run(cfg)
+            history = [line.split(",") for line in Path("metrics/vae/history.csv").read_text().splitlines()]
+            column = history[0].index("seconds")
+            seconds = [float(r[column]) for r in history[1:]]
+            loss = float(history[-1][history[0].index("loss")])
+            vae = keras.saving.load_model("models/vae/vae.keras", custom_objects={"FromReference": model.VAE}, safe_mode=True)
+            os.chdir(ROOT)
+        assert result["epochs"] == epochs
+        encode = lambda x: [keras.ops.convert_to_numpy(a) for a in vae.encoder(x)]  # noqa: E731
+        decode = lambda z: keras.ops.convert_to_numpy(vae.decode(z))  # noqa: E731
+    started = time.perf_counter()
+    neg_elbo, neg_iwae = score(encode, decode, x_test, k)
+    return {"epoch_seconds": seconds, "median_epoch_seconds": statistics.median(seconds[1:] or seconds),
+            "train_loss_last_epoch": loss, "test_neg_elbo": neg_elbo, "test_iwae_nll": neg_iwae,
+            "score_seconds": time.perf_counter() - started, "peak_rss_mib": peak_rss_mib()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--k", type=int, default=50, help="posterior samples per test digit (IWAE's k)")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--child", choices=("reference", "genlab"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.epochs, args.k)))
+        return
+    started = time.perf_counter()
+    out = {}
+    for side in ("reference", "genlab"):
+        proc = subprocess.run([sys.executable, __file__, "--child", side, "--epochs", str(args.epochs), "--k", str(args.k)],
+                              cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        if proc.returncode != 0:
+            sys.exit(f"error: the {side} run failed:\n{proc.stderr[-3000:]}")
+        out[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+    ref, gen = out["reference"], out["genlab"]
+    speed = ref["median_epoch_seconds"] / gen["median_epoch_seconds"]
+    report = {"epochs": args.epochs, "k": args.k, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+              "reference": ref, "genlab": gen, "epoch_speed_ratio": speed,
+              "elbo_gap": gen["test_neg_elbo"] - ref["test_neg_elbo"], "wall_seconds": time.perf_counter() - started}
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return
+    print(f"VAE, {args.epochs} epochs on MNIST's 60,000 training digits; scored on its 10,000 test digits, k={args.k}")
+    print(f"{'figure':40s} {'keras-io':>10s} {'genlab':>10s} {'ratio':>7s}  target")
+    rows = [("epoch seconds (median after the first)", ref["median_epoch_seconds"], gen["median_epoch_seconds"], speed,
+             ">= 1 (genlab as fast)", speed >= 1),
+            ("test negative ELBO (nats/digit)", ref["test_neg_elbo"], gen["test_neg_elbo"], None, "genlab <= keras-io",
+             gen["test_neg_elbo"] <= ref["test_neg_elbo"]),
+            ("test IWAE bound (nats/digit)", ref["test_iwae_nll"], gen["test_iwae_nll"], None, "report", None),
+            ("train loss, last epoch", ref["train_loss_last_epoch"], gen["train_loss_last_epoch"], None, "report", None),
+            ("peak RSS (MiB)", ref["peak_rss_mib"], gen["peak_rss_mib"], None, "report", None)]
+    for name, a, b, ratio, target, met in rows:
+        r = f"{ratio:7.2f}" if ratio is not None else " " * 7
+        mark = "" if met is None else ("  met" if met else "  NOT met")
+        print(f"{name:40s} {a:10.2f} {b:10.2f} {r}  {target}{mark}")
+    print(f"(wall time {report['wall_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
