@@ -52,7 +52,7 @@ RECIPES = {
     "lstm3x512": ["experiment=quality_tinyshakespeare", "text.model.layers=3", "text.model.dropout=0.3"],
     "gru2x512": ["experiment=quality_tinyshakespeare", "text/model=gru"],
     # kernel 2, dilations 1..64: a receptive field of 128 characters, the whole window
-    "conv1d256": ["experiment=quality_tinyshakespeare", "text/model=conv1d", "~model.layers", "text.model.units=256",
+    "conv1d256": ["experiment=quality_tinyshakespeare", "text/model=conv1d", "~text.model.layers", "text.model.units=256",
                   "text.model.dilations=[1,2,4,8,16,32,64]", "text.model.dropout=0.2"],
 }
 
@@ -291,7 +291,7 @@ def default_pipeline(folder: Path, raw: Path | None, overrides: tuple[str, ...] 
 
     from pipeline import config
     from pipeline.text import fetch, sample_metrics, vectorize
-    from pipeline.config import temperatures
+    from pipeline.text.config import temperatures
     from pipeline.text.generator import for_model, held_out_prompt
     from pipeline.text.vectorize import decode
 

@@ -49,11 +49,13 @@ def sha256_check(label: str, sha256: str | None) -> Callable[[Path, str], None]:
 
 
 def fetch(dest: Path, *, label: str, filename: str, url: str | None, path: str | None, path_key: str,
-          mirror: str | None, mirror_key: str, timeout: float, check: Callable[[Path, str], None]) -> str:
+          mirror: str | None, mirror_key: str, timeout: float, check: Callable[[Path, str], None], pinned: bool) -> str:
     """Place the file at `dest` and return where it came from. `check(file, source)` raises
-    FetchError for a file that is not the right one; nothing is then left at `dest`. `label` names
-    the dataset in messages, `path_key` and `mirror_key` the config keys a user sets instead."""
-    if dest.exists():
+    FetchError for a file that is not the right one; nothing is then left at `dest`. A file already
+    at `dest` is kept when `pinned` (a hash says what the file must be) and it passes `check`;
+    unpinned (a user's own file), it is copied again. `label` names the dataset in messages,
+    `path_key` and `mirror_key` the config keys a user sets instead."""
+    if pinned and dest.exists():
         try:
             check(dest, str(dest))
             return "already in place"

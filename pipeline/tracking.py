@@ -93,10 +93,14 @@ def flatten(tree, prefix: str = "") -> dict[str, str]:
 
 
 def environment_tags() -> dict[str, str]:
-    import keras
-    import tensorflow as tf
+    """Keras, its backend and the backend's version, and the code's git commit."""
+    import importlib
 
-    tags = {"tensorflow": tf.__version__, "keras": keras.__version__}
+    import keras
+
+    backend = keras.backend.backend()
+    tags = {"keras": keras.__version__, "keras.backend": backend,
+            backend: getattr(importlib.import_module(backend), "__version__", "?")}
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if commit.returncode == 0:

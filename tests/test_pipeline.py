@@ -63,7 +63,7 @@ def test_mlflow_holds_params_per_epoch_metrics_samples_and_model(finished_run):
     assert run.data.metrics["peak_rss_mib"] == pytest.approx(
         json.loads((workdir / "metrics/train.json").read_text())["peak_rss_mib"])
     tags = run.data.tags
-    assert tags["seed"] == "1337" and tags["tensorflow"] and tags["keras"]
+    assert tags["seed"] == "1337" and tags["tensorflow"] and tags["keras"] and tags["keras.backend"] == "tensorflow"
     assert tags["data.train_md5"] and tags["corpus.sha256"].startswith("9cb94a5f")
     rows = list(csv.DictReader((workdir / "metrics/history.csv").open()))
     for key in ("loss", "val_loss", "bpc", "val_bpc"):

@@ -167,7 +167,7 @@ def test_a_first_epoch_that_diverges_is_an_error_and_writes_nothing(workdir):
     cfg = tiny(workdir, "text.train.learning_rate=1e6", "text.train.optimizer=sgd", "text.train.clipnorm=null")
     fetch.run(cfg)
     vectorize.run(cfg)
-    with pytest.raises(train.TrainError, match=r"epoch 1 diverged: .* for a uniform guess.*Lower train.learning_rate"):
+    with pytest.raises(train.TrainError, match=r"epoch 1 diverged: .* for a uniform guess.*Lower text\.train\.learning_rate"):
         train.run(cfg)
     assert not (workdir / "models/model.keras").exists() and not (workdir / "metrics/train.json").exists()
 
@@ -178,7 +178,7 @@ def test_a_diverged_first_epoch_with_clipnorm_set_does_not_advise_setting_it(wor
     vectorize.run(cfg)
     with pytest.raises(train.TrainError, match=r"epoch 1 diverged") as e:
         train.run(cfg)
-    assert "set train.clipnorm" not in str(e.value) and "Lower train.learning_rate or train.clipnorm" in str(e.value)
+    assert "set text.train.clipnorm" not in str(e.value) and "Lower text.train.learning_rate or text.train.clipnorm" in str(e.value)
 
 
 def test_plateau_halves_the_learning_rate(workdir, capsys):

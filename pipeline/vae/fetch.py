@@ -81,7 +81,8 @@ def run(cfg) -> dict:
         artifacts.ensure_writable(folder)
     label = f"dataset {d.name!r}"
     source = fetch(dest, label=label, filename=f"{d.name}.npz", url=d.url, path=d.path, path_key="vae.data.path",
-                   mirror=mirror, mirror_key="vae.data.mirror", timeout=d.timeout, check=checker(label, d.sha256, d.content_sha256))
+                   mirror=mirror, mirror_key="vae.data.mirror", timeout=d.timeout, check=checker(label, d.sha256, d.content_sha256),
+                   pinned=bool(d.sha256 or d.content_sha256))
     result = {"dataset": d.name, "path": str(dest), "source": source, "bytes": dest.stat().st_size,
               "sha256": artifacts.sha256_of(dest), "content_sha256": content_sha256(read(dest))}
     artifacts.write_json(Path(cfg.paths.metrics) / "fetch.json", result)

@@ -131,7 +131,7 @@ def run(cfg) -> dict:
         else:
             mlflow.log_params(tracking.flatten(params))
             mlflow.set_tags(tracking.flatten({**tracking.environment_tags(), **cfg.mlflow.tags, "seed": cfg.seed,
-                                              "data.sha256": data_sha, "keras.backend": keras.backend.backend()}))
+                                              "data.sha256": data_sha}))
         extra = [epochs.progress_bar(t.epochs)] if sys.stdout.isatty() else []
         started, first = time.perf_counter(), len(state["history"])
         for epoch in range(first, t.epochs):
