@@ -138,12 +138,12 @@ def test_expected_errors_under_python_m_pipeline_are_one_line_and_tag_the_failed
     assert f"error: {message}" in swept.stderr and "Error executing job with overrides" in swept.stderr
     assert (workdir / "sweep/1").is_dir()  # the second job ran too
     runs = [r for r in client.search_runs([client.get_experiment_by_name("genlab-textgen").experiment_id]) if r.data.tags.get("sweep.job") == "1"]
-    assert runs[0].data.tags["error"] == f"corpus.path: {workdir / 'missing.txt'} does not exist or is not a file"
+    assert runs[0].data.tags["error"] == f"text.corpus.path: {workdir / 'missing.txt'} does not exist or is not a file"
     assert runs[0].data.params["corpus.path"] == str(workdir / "missing.txt")  # the failed job's config is there
 
-    typo = _pipeline(workdir, "-m", "vectorise.maxlen=20,40")
-    assert typo.returncode != 0 and "Traceback" not in typo.stderr and "+vectorise" not in typo.stderr
-    assert typo.stderr.strip().endswith("unknown key vectorise.maxlen; did you mean vectorize.maxlen?")
+    typo = _pipeline(workdir, "-m", "text.vectorise.maxlen=20,40")
+    assert typo.returncode != 0 and "Traceback" not in typo.stderr and "+text.vectorise" not in typo.stderr
+    assert typo.stderr.strip().endswith("unknown key text.vectorise.maxlen; did you mean text.vectorize.maxlen?")
 
 
 @pytest.mark.slow

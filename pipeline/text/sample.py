@@ -151,6 +151,7 @@ def log(texts: dict, result: dict) -> None:
 
 def log_reused(cfg, result: dict) -> None:
     """What `run` logs, for a job that reused stored samples instead of generating them."""
+    cfg = config.section(cfg, "text")
     folder = Path(cfg.paths.samples)
     log({t: (folder / f"temperature_{t}.txt").read_text(encoding="utf-8").rstrip("\n")
          for t in result["temperatures"]}, result)

@@ -49,6 +49,7 @@ def _log_setup(cfg, params: dict, data_md5: dict) -> None:
 def log_reused(cfg, result: dict) -> None:
     """What `run` logs (params, tags, per-epoch and final metrics), for a job that reused a stored
     model instead of training it; the model's own artifacts stay in the run that trained it."""
+    cfg = config.section(cfg, "text")
     import mlflow
 
     prepared, metrics_dir = Path(cfg.paths.prepared), Path(cfg.paths.metrics)
