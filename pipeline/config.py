@@ -78,8 +78,6 @@ def check(ok: bool, key: str, message: str, source: str) -> None:
         raise ConfigError(f"{source}: {key} {message}")
 
 
-_check = check
-
 
 def as_list(value) -> list:
     """A value or a list of values (a key that a multirun may sweep) as a list."""
@@ -155,10 +153,10 @@ def validate(raw: DictConfig | dict, source: str = "config") -> DictConfig:
     and return a read-only config. `source` names the file or command in error messages."""
     raw = OmegaConf.create(raw) if isinstance(raw, dict) else raw
     cfg = merge(_schema(raw, source), raw, source, known_keys())
-    _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}", source)
-    _check(cfg.threads is None or cfg.threads >= 1, "threads", f"must be >= 1 or null, got {cfg.threads}", source)
+    check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}", source)
+    check(cfg.threads is None or cfg.threads >= 1, "threads", f"must be >= 1 or null, got {cfg.threads}", source)
     generators = _generators()
-    _check(cfg.generator in generators, "generator", f"must be one of {tuple(generators)}, got {cfg.generator!r}", source)
+    check(cfg.generator in generators, "generator", f"must be one of {tuple(generators)}, got {cfg.generator!r}", source)
     for name, module in generators.items():
         module.check(cfg[name], source)
     OmegaConf.set_readonly(cfg, True)

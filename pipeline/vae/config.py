@@ -107,7 +107,7 @@ def _check(ok: bool, key: str, message: str, source: str) -> None:
 
 def check(cfg: DictConfig, source: str) -> None:
     """The ranges and choices of the section `cfg` (`vae:`)."""
-    m, t, e, s = cfg.model, cfg.train, cfg.evaluate, cfg.sample
+    m, t, s = cfg.model, cfg.train, cfg.sample
     _check(len(m.filters) > 0 and all(f >= 1 for f in m.filters), "model.filters",
            f"must be a non-empty list of integers >= 1, got {list(m.filters)}", source)
     _check(len(m.filters) <= 2, "model.filters", f"28 x 28 digits halve at most twice (7 x 7), got {len(m.filters)} layers", source)
