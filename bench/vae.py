@@ -4,6 +4,7 @@ measured in the same run on the same data: MNIST's 60,000 training digits, the s
     python bench/vae.py                  # 5 epochs each, scored on the 10,000 test digits with k=50
     python bench/vae.py --epochs 30      # the book's recipe
     python bench/vae.py --json           # the figures as one JSON object
+    python bench/vae.py --seeds 3        # 3 initialisations (seeds 1337, 1338, 1339): mean and spread per side
 
 Each side runs in a fresh process of its own, from the same initial weights (the reference's,
 drawn from the seed: the two models have the same layers, and a VAE's loss after a few epochs
@@ -71,24 +72,24 @@ def score(encode, decode_probs, x: np.ndarray, k: int, seed: int = 0, batch: int
 SEED = 1337
 
 
-def _initial_weights(keras) -> list:
-    """The reference's initial weights for SEED: encoder then decoder, in layer order (genlab's
+def _initial_weights(keras, seed: int) -> list:
+    """The reference's initial weights for `seed`: encoder then decoder, in layer order (genlab's
     VAE lists the same shapes in the same order)."""
     from bench import vae_reference as ref
 
-    keras.utils.set_random_seed(SEED)
+    keras.utils.set_random_seed(seed)
     encoder, decoder = ref.build()
     return encoder.get_weights() + decoder.get_weights()
 
 
-def child(side: str, epochs: int, k: int) -> dict:
+def child(side: str, epochs: int, k: int, seed: int) -> dict:
     from pipeline.machine import import_tensorflow, peak_rss_mib
 
     import_tensorflow()
     import keras
 
     x_train, x_test = _digits()
-    initial = _initial_weights(keras)
+    initial = _initial_weights(keras, seed)
     if side == "reference":
         from bench import vae_reference as ref
 
@@ -102,7 +103,7 @@ def child(side: str, epochs: int, k: int) -> dict:
                 self.seconds.append(time.perf_counter() - self.started)
                 self.loss = float(logs["loss"])
 
-        keras.utils.set_random_seed(SEED)  # what _initial_weights drew: the same weights again
+        keras.utils.set_random_seed(seed)  # what _initial_weights drew: the same weights again
         timer = Timer()
         vae = ref.train(x_train, epochs, [timer])
         seconds, loss = timer.seconds, timer.loss
@@ -123,7 +124,7 @@ def child(side: str, epochs: int, k: int) -> dict:
 
         with tempfile.TemporaryDirectory() as work:
             os.chdir(work)
-            cfg = config.compose([f"vae.train.epochs={epochs}", "vae.evaluate.iwae_samples=1", "vae.evaluate.images=10", f"seed={SEED}",
+            cfg = config.compose([f"vae.train.epochs={epochs}", "vae.evaluate.iwae_samples=1", "vae.evaluate.images=10", f"seed={seed}",
                                   f"mlflow.tracking_uri=sqlite:///{work}/mlflow.db"])
             fetch.run(cfg)
             result = train.run(cfg)
@@ -143,45 +144,70 @@ def child(side: str, epochs: int, k: int) -> dict:
             "score_seconds": time.perf_counter() - started, "peak_rss_mib": peak_rss_mib()}
 
 
+def _pair(epochs: int, k: int, seed: int) -> dict:
+    """Both sides for one seed, each in a fresh process."""
+    out = {}
+    for side in ("reference", "genlab"):
+        proc = subprocess.run([sys.executable, __file__, "--child", side, "--epochs", str(epochs), "--k", str(k), "--seed", str(seed)],
+                              cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        if proc.returncode != 0:
+            sys.exit(f"error: the {side} run (seed {seed}) failed:\n{proc.stderr[-3000:]}")
+        out[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"seed {seed}, {side}: test -ELBO {out[side]['test_neg_elbo']:.2f}, "
+              f"{out[side]['median_epoch_seconds']:.1f} s/epoch", file=sys.stderr, flush=True)
+    return out
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--k", type=int, default=50, help="posterior samples per test digit (IWAE's k)")
+    parser.add_argument("--seeds", type=int, default=1, help="initialisations to run, from seed 1337 on (mean and spread per side)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", choices=("reference", "genlab"), help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=SEED, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.epochs, args.k)))
+        print(json.dumps(child(args.child, args.epochs, args.k, args.seed)))
         return
     started = time.perf_counter()
-    out = {}
-    for side in ("reference", "genlab"):
-        proc = subprocess.run([sys.executable, __file__, "--child", side, "--epochs", str(args.epochs), "--k", str(args.k)],
-                              cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        if proc.returncode != 0:
-            sys.exit(f"error: the {side} run failed:\n{proc.stderr[-3000:]}")
-        out[side] = json.loads(proc.stdout.strip().splitlines()[-1])
-    ref, gen = out["reference"], out["genlab"]
-    speed = ref["median_epoch_seconds"] / gen["median_epoch_seconds"]
-    report = {"epochs": args.epochs, "k": args.k, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "reference": ref, "genlab": gen, "epoch_speed_ratio": speed,
-              "elbo_gap": gen["test_neg_elbo"] - ref["test_neg_elbo"], "wall_seconds": time.perf_counter() - started}
+    runs = {seed: _pair(args.epochs, args.k, seed) for seed in range(SEED, SEED + args.seeds)}
+    per = {side: {key: [runs[s][side][key] for s in runs] for key in runs[SEED][side] if key != "epoch_seconds"}
+           for side in ("reference", "genlab")}
+    speeds = [runs[s]["reference"]["median_epoch_seconds"] / runs[s]["genlab"]["median_epoch_seconds"] for s in runs]
+    speed = statistics.median(speeds)
+    ref_elbo, gen_elbo = _mean_sd(per["reference"]["test_neg_elbo"]), _mean_sd(per["genlab"]["test_neg_elbo"])
+    report = {"epochs": args.epochs, "k": args.k, "seeds": list(runs), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+              "runs": {str(s): r for s, r in runs.items()}, "epoch_speed_ratio": speed, "epoch_speed_ratios": speeds,
+              "elbo_gap_mean": gen_elbo[0] - ref_elbo[0], "wall_seconds": time.perf_counter() - started}
     if args.json:
         print(json.dumps(report, indent=1))
         return
-    print(f"VAE, {args.epochs} epochs on MNIST's 60,000 training digits; scored on its 10,000 test digits, k={args.k}")
-    print(f"{'figure':40s} {'keras-io':>10s} {'genlab':>10s} {'ratio':>7s}  target")
-    rows = [("epoch seconds (median after the first)", ref["median_epoch_seconds"], gen["median_epoch_seconds"], speed,
-             ">= 1 (genlab as fast)", speed >= 1),
-            ("test negative ELBO (nats/digit)", ref["test_neg_elbo"], gen["test_neg_elbo"], None, "genlab <= keras-io",
-             gen["test_neg_elbo"] <= ref["test_neg_elbo"]),
-            ("test IWAE bound (nats/digit)", ref["test_iwae_nll"], gen["test_iwae_nll"], None, "report", None),
-            ("train loss, last epoch", ref["train_loss_last_epoch"], gen["train_loss_last_epoch"], None, "report", None),
-            ("peak RSS (MiB)", ref["peak_rss_mib"], gen["peak_rss_mib"], None, "report", None)]
-    for name, a, b, ratio, target, met in rows:
+    n = len(runs)
+    print(f"VAE, {args.epochs} epochs on MNIST's 60,000 training digits; scored on its 10,000 test digits, k={args.k}; "
+          f"{n} seed{'s' if n > 1 else ''} ({', '.join(map(str, runs))}){': mean ± sd' if n > 1 else ''}")
+    print(f"{'figure':40s} {'keras-io':>16s} {'genlab':>16s} {'ratio':>7s}  target")
+
+    def cell(values):
+        m, sd = _mean_sd(values)
+        return f"{m:8.2f} ± {sd:5.2f}" if n > 1 else f"{m:16.2f}"
+
+    rows = [("epoch seconds (median after the first)", "median_epoch_seconds", speed, ">= 1 (genlab as fast)", speed >= 1),
+            ("test negative ELBO (nats/digit)", "test_neg_elbo", None, "genlab <= keras-io (mean)", gen_elbo[0] <= ref_elbo[0]),
+            ("test IWAE bound (nats/digit)", "test_iwae_nll", None, "report", None),
+            ("train loss, last epoch", "train_loss_last_epoch", None, "report", None),
+            ("peak RSS (MiB)", "peak_rss_mib", None, "report", None)]
+    for name, key, ratio, target, met in rows:
         r = f"{ratio:7.2f}" if ratio is not None else " " * 7
         mark = "" if met is None else ("  met" if met else "  NOT met")
-        print(f"{name:40s} {a:10.2f} {b:10.2f} {r}  {target}{mark}")
+        print(f"{name:40s} {cell(per['reference'][key]):>16s} {cell(per['genlab'][key]):>16s} {r}  {target}{mark}")
+    if n > 1:
+        print("per seed, test -ELBO keras-io / genlab: " + "; ".join(
+            f"{s}: {runs[s]['reference']['test_neg_elbo']:.2f} / {runs[s]['genlab']['test_neg_elbo']:.2f}" for s in runs))
     print(f"(wall time {report['wall_seconds']:.0f} s)")
 
 

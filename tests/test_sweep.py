@@ -233,13 +233,15 @@ def test_concurrent_callers_of_one_key_compute_it_once(tmp_path, monkeypatch):
         return {"value": c.n * 2}
 
     cfg = OmegaConf.create({"n": 3})
-    run = lambda: results.append(cache.run("make", stage, cfg, [], tmp_path / "store"))  # noqa: E731
+    def run():  # each caller's result under its thread's name: the two may return in either order
+        results.append((threading.current_thread().name, cache.run("make", stage, cfg, [], tmp_path / "store")))
+
     second = threading.Thread(target=run, name="second")
     run()  # the first caller, in this thread: it starts the second once it holds the lock
     second.join(60)
     assert waiting.is_set() and calls == ["MainThread"]
-    assert [status for _, status, _ in results] == ["ran", "reused"]
-    assert all(result == {"value": 6} for result, _, _ in results)
+    assert {name: status for name, (_, status, _) in results} == {"MainThread": "ran", "second": "reused"}
+    assert all(result == {"value": 6} for _, (result, _, _) in results)
     assert (tmp_path / "out.txt").read_text() == "6"
 
 
