@@ -29,8 +29,10 @@ def fingerprint(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-def save(folder: Path, epoch: int, model, best_weights: list, best_optimizer: list, state: dict) -> None:
-    """Write epoch `epoch`'s checkpoint and make it the latest; drop the older ones."""
+def save(folder: Path, epoch: int, model, best_weights: list, best_optimizer: list, state: dict,
+         arrays: dict[str, list] | None = None) -> None:
+    """Write epoch `epoch`'s checkpoint and make it the latest; drop the older ones. `arrays`: more
+    lists of arrays, each saved as <name>.npz (what model.keras cannot hold: a GAN's two optimizers)."""
     folder = Path(folder)
     target = folder / f"epoch_{epoch:04d}"
     shutil.rmtree(target, ignore_errors=True)  # left by a kill during an earlier write
@@ -38,6 +40,8 @@ def save(folder: Path, epoch: int, model, best_weights: list, best_optimizer: li
     model.save(target / "model.keras")  # Keras saves the optimizer's variables with the weights
     np.savez(target / "best_weights.npz", *best_weights)  # the best epoch's, to export and to roll back to
     np.savez(target / "best_optimizer.npz", *best_optimizer)
+    for name, values in (arrays or {}).items():
+        np.savez(target / f"{name}.npz", *values)
     (target / "state.json").write_text(json.dumps({**state, "epoch": epoch}), encoding="utf-8")
     artifacts.write_text(folder / LATEST, target.name + "\n")  # the switch: one atomic rename
     for old in folder.glob("epoch_*"):

@@ -31,10 +31,11 @@ class TrainError(RuntimeError):
     """Training cannot produce a model (it diverged before any good epoch, or is misconfigured)."""
 
 
-def log_epoch(row: dict) -> None:
+def log_epoch(row: dict, step: str = "epoch") -> None:
+    """A history row's metrics to MLflow at the row's `step` column (epoch; the GAN's step)."""
     import mlflow
 
-    mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+    mlflow.log_metrics({k: v for k, v in row.items() if k != step}, step=row[step])
 
 
 def make_optimizer(name: str, learning_rate: float, clipnorm: float | None = None):
@@ -168,15 +169,15 @@ def resume(folder: Path, callback, custom_objects: dict | None = None):
     return model
 
 
-def replay_unlogged(run_id: str, history: list[dict]) -> None:
-    """Log the epochs of a resumed run's history that its MLflow run lacks: the epoch a kill cut
-    off between its checkpoint and its metrics."""
+def replay_unlogged(run_id: str, history: list[dict], metric: str = "loss", step: str = "epoch") -> None:
+    """Log the rows of a resumed run's history that its MLflow run lacks (judged by `metric`): the
+    epoch a kill cut off between its checkpoint and its metrics."""
     import mlflow
 
-    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss")}
+    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, metric)}
     for row in history:
-        if row["epoch"] not in logged:
-            log_epoch(row)
+        if row[step] not in logged:
+            log_epoch(row, step)
 
 
 def write_history(history: list[dict], path: Path) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 
-GENERATORS = {"text": "pipeline.text", "vae": "pipeline.vae"}
+GENERATORS = {"text": "pipeline.text", "vae": "pipeline.vae", "gan": "pipeline.gan"}
 
 
 def package(name: str):

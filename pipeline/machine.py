@@ -84,6 +84,15 @@ def import_tensorflow():
     return tf
 
 
+def import_keras():
+    """Keras, on its configured backend; TensorFlow's start-up lines hidden when it is TensorFlow."""
+    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        import_tensorflow()
+    import keras
+
+    return keras
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident memory so far, in MiB: what a machine must have for the stage."""
     import resource

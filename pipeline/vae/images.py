@@ -3,15 +3,11 @@ figure), decoded prior samples, reconstructions beside their digits, rows of cod
 steps. Shared by the train stage (an image per epoch, to MLflow) and the sample stage (the PNGs)."""
 from __future__ import annotations
 
-from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
 
-from pipeline import artifacts
-
-PAD = 2  # grey pixels between tiles
-
+from pipeline import pictures
 
 def quantile_grid(n: int) -> np.ndarray:
     """The book's latent grid for 2 dimensions: n x n points at the standard normal's quantiles
@@ -24,21 +20,10 @@ def quantile_grid(n: int) -> np.ndarray:
 def tile(images: np.ndarray) -> np.ndarray:
     """A (rows, cols, 28, 28) array of pixel probabilities as one uint8 image with grey gutters."""
     rows, cols, h, w = images.shape[:4]
-    out = np.full((rows * (h + PAD) + PAD, cols * (w + PAD) + PAD), 128, np.uint8)
-    for r in range(rows):
-        for c in range(cols):
-            y, x = PAD + r * (h + PAD), PAD + c * (w + PAD)
-            out[y:y + h, x:x + w] = np.clip(np.rint(images[r, c].reshape(h, w) * 255), 0, 255).astype(np.uint8)
-    return out
+    return pictures.tile(np.clip(np.rint(images.reshape(rows, cols, h, w) * 255), 0, 255).astype(np.uint8))
 
 
-def save_png(image: np.ndarray, path: Path, scale: int = 2) -> None:
-    """`image` (uint8, grey) as a PNG, each pixel `scale` x `scale`, written atomically."""
-    from PIL import Image
-
-    big = np.kron(image, np.ones((scale, scale), np.uint8)) if scale > 1 else image
-    with artifacts.atomic_path(path) as tmp:
-        Image.fromarray(big, mode="L").save(tmp, format="PNG")
+save_png = pictures.save_png
 
 
 def decode(model, z: np.ndarray, batch: int = 1024) -> np.ndarray:

@@ -46,7 +46,7 @@ def concept_rows(model, x: np.ndarray, labels: np.ndarray, source: int, target: 
 
 def run(cfg) -> dict:
     cfg = config.section(cfg, "vae")
-    from pipeline.vae.train import import_keras
+    from pipeline.machine import import_keras
 
     keras = import_keras()
     from pipeline.vae import images

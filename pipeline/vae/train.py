@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from pipeline import artifacts, checkpoint, config, epochs, tracking
 from pipeline.download import FetchError
 from pipeline.epochs import TrainError
-from pipeline.machine import peak_rss_mib, release_free_memory, set_threads
+from pipeline.machine import import_keras, peak_rss_mib, release_free_memory, set_threads
 
 PIXELS = 28 * 28
 UNIFORM_NATS = PIXELS * math.log(2.0)  # a model that knows nothing: p = 1/2 for every pixel
@@ -32,19 +32,6 @@ PER_EPOCH_GRID = 15  # the per-epoch latent picture's side, in digits
 # Test digits per batch of the per-epoch evaluation: 10 equal batches of the 10,000 (Keras averages
 # batch means, so a short last batch would weigh as much as a full one), and fewer, faster calls.
 EVAL_BATCH = 1000
-
-
-def import_keras():
-    """Keras, on its configured backend; TensorFlow's start-up lines hidden as the text stages do."""
-    import os
-
-    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
-        from pipeline.machine import import_tensorflow
-
-        import_tensorflow()
-    import keras
-
-    return keras
 
 
 def load_digits(path: Path, train_digits: int | None, test_digits: int | None):
