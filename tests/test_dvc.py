@@ -52,6 +52,7 @@ def repro(repo, *overrides):
 
 TEXT = ["text_fetch", "text_vectorize", "text_train", "text_sample"]
 VAE = ["vae_fetch", "vae_train", "vae_sample"]
+GAN = ["gan_fetch", "gan_train", "gan_sample"]
 
 
 def _of(ran: list[str], generator: str) -> list[str]:
@@ -61,7 +62,7 @@ def _of(ran: list[str], generator: str) -> list[str]:
 def test_repro_runs_every_generator_then_what_changed_and_nothing_else(repo):
     path, env = repo
     ran = repro(repo)
-    assert sorted(ran) == sorted(TEXT + VAE) and _of(ran, "text") == TEXT and _of(ran, "vae") == VAE
+    assert sorted(ran) == sorted(TEXT + VAE + GAN) and _of(ran, "text") == TEXT and _of(ran, "vae") == VAE and _of(ran, "gan") == GAN
     assert repro(repo) == []  # nothing changed: nothing runs
     assert repro(repo, "text.sample.temperature=0.7") == ["text_sample"]  # a new temperature never retrains
     assert sorted(p.name for p in (path / "samples/text").iterdir()) == ["temperature_0.7.txt"]
@@ -74,6 +75,12 @@ def test_repro_runs_every_generator_then_what_changed_and_nothing_else(repo):
     assert repro(repo, "text.sample.temperature=0.7", "text.vectorize.maxlen=16", "vae.train.beta=0.5",
                  "vae.sample.grid=4", "text.model.units=8") == ["text_train", "text_sample"]
     assert (path / "samples/vae/latent_grid.png").stat().st_size > 0 and (path / "metrics/vae/train.json").exists()
+    # A GAN key re-runs GAN stages only; a GAN sample key only its sampling; a text key no GAN stage.
+    kept = ("text.sample.temperature=0.7", "text.vectorize.maxlen=16", "vae.train.beta=0.5", "vae.sample.grid=4", "text.model.units=8")
+    assert repro(repo, *kept, "gan.train.label_noise=0.1") == ["gan_train", "gan_sample"]
+    assert repro(repo, *kept, "gan.train.label_noise=0.1", "gan.sample.steps=5") == ["gan_sample"]
+    assert repro(repo, *kept[:-1], "gan.train.label_noise=0.1", "gan.sample.steps=5") == ["text_train", "text_sample"]
+    assert (path / "samples/gan/grid.png").stat().st_size > 0 and (path / "metrics/gan/train.json").exists()
 
 
 def test_an_edited_custom_corpus_is_fetched_again(repo, tmp_path_factory):

@@ -397,3 +397,26 @@ def test_a_vae_sweep_is_one_parent_run_with_a_nested_run_per_job_and_a_summary(w
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"summary.csv", "summary.json", "bounds_per_job.png"}
     best = min(runs, key=lambda r: r.data.metrics["test_iwae_nll"])
     assert client.get_run(parent.info.run_id).data.tags["sweep.best_run"] == best.info.run_id
+
+
+@pytest.mark.slow
+def test_a_gan_sweep_is_one_parent_run_with_a_nested_run_per_job_and_a_kid_summary(workdir):
+    """generator=gan sweeps over label noise: two child runs under one parent in genlab-gan, a
+    summary row per job with its KID, floor and ceiling; the frogs are fetched once."""
+    parent, runs = _launch(workdir, "gan_sweep", "generator=gan", "experiment=tiny", "gan.train.label_noise=0.0,0.1",
+                           experiment="genlab-gan")
+    client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    assert parent.info.status == "FINISHED" and len(runs) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    assert sorted(r.info.run_name for r in runs) == ["label_noise=0.0", "label_noise=0.1"]
+    assert sorted(r.data.tags["stage.fetch"] for r in runs) == ["ran", "reused"]
+    rows = {row["run_id"]: row for row in csv.DictReader((workdir / "gan_sweep" / "summary.csv").open())}
+    assert set(rows) == {r.info.run_id for r in runs}
+    for r in runs:
+        row = rows[r.info.run_id]
+        assert row["train.label_noise"] == r.data.params["train.label_noise"]
+        assert float(row["kid"]) == pytest.approx(r.data.metrics["kid_vgg16_random"])
+        assert float(row["kid_floor"]) < float(row["kid_ceiling"])
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"summary.csv", "summary.json", "kid_per_job.png"}
+    best = min(runs, key=lambda r: r.data.metrics["kid_vgg16_random"])
+    assert client.get_run(parent.info.run_id).data.tags["sweep.best_run"] == best.info.run_id
