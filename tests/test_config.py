@@ -90,7 +90,7 @@ def test_config_is_read_only():
     ("vae.model.filters=[32,64,64]", "vae.model.filters"),
     ("vae.sample.concept=[3,3]", "vae.sample.concept"),
     ("vae.sample.interpolate=[1]", "vae.sample.interpolate"),
-    ("generator=gan", "generator"),
+    ("generator=gans", "generator"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")):
