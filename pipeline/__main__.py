@@ -1,5 +1,5 @@
 """`python -m pipeline [overrides]`: one generator's stages (`generator=text`, the default: fetch ->
-vectorize -> train -> sample; `generator=vae`: fetch -> train -> sample) in one process, configured
+vectorize -> train -> sample; `generator=vae` or `gan`: fetch -> train -> sample) in one process, configured
 by Hydra from conf/. With `-m` it is one job per combination of a sweep (`python -m pipeline -m
 text.sample.temperature=0.2,1.0 text.vectorize.maxlen=40,60`). Each job works in
 its own folder (outputs/... or multirun/.../<job>) and logs one MLflow run, tagged with its sweep
@@ -26,6 +26,9 @@ from pipeline import cache, config, download, generators, sweep, tracking
 def expected_errors() -> tuple[type[Exception], ...]:
     """What the stages' own commands report as one `error:` line (bad input, config or store);
     anything else is a bug and keeps its traceback."""
+    from pipeline.machine import import_keras
+
+    import_keras()  # some generators' error classes live beside Keras code: TensorFlow's start-up lines hidden first
     own = tuple(e for name in generators.GENERATORS for e in generators.package(name).errors())
     return (config.ConfigError, tracking.TrackingError, *own, OSError)
 

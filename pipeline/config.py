@@ -2,7 +2,7 @@
 
 Every entry point goes through here: the DVC stages `load()` params.yaml, the Hydra runner and
 the tests `compose()` conf/. Both return the same validated, read-only tree: the shared keys
-(generator, seed, threads, mlflow, cache) and one section per generator (`text:`, `vae:`), each
+(generator, seed, threads, mlflow, cache) and one section per generator (`text:`, `vae:`, `gan:`), each
 shaped and checked by its generator's own `config` module (`pipeline.generators`). A stage works
 on `section(cfg, name)`: its generator's section with the shared keys beside it. Defaults live in
 the YAML under conf/ only; the dataclasses fix the keys and their types, not their values.

@@ -96,7 +96,9 @@ def environment_tags() -> dict[str, str]:
     """Keras, its backend and the backend's version, and the code's git commit."""
     import importlib
 
-    import keras
+    from pipeline.machine import import_keras
+
+    keras = import_keras()  # TensorFlow's start-up lines hidden, as every stage imports it
 
     backend = keras.backend.backend()
     tags = {"keras": keras.__version__, "keras.backend": backend,

@@ -210,8 +210,8 @@ def _npz(path, **arrays):
 
 
 BAD = {
-    "not an npz": (lambda p: p.write_text("just text"), "not a readable .npz"),
-    "truncated": (lambda p: p.write_bytes(open_mirror()[:100_000]), "not a readable .npz"),
+    "not an npz": (lambda p: p.write_text("just text"), "not an .npz (zip) archive"),
+    "truncated": (lambda p: p.write_bytes(open_mirror()[:100_000]), "or a truncated one"),
     "wrong key": (lambda p: _npz(p, images=np.zeros((5000, 32, 32, 3), np.uint8)), "without x"),
     "wrong shape": (lambda p: _npz(p, x=np.zeros((5000, 28, 28, 3), np.uint8)), "expected (5000, 32, 32, 3) uint8"),
     "wrong dtype": (lambda p: _npz(p, x=np.zeros((5000, 32, 32, 3), np.float32)), "float32, expected (5000, 32, 32, 3) uint8"),
@@ -356,3 +356,21 @@ def test_a_killed_run_resumes_to_the_same_weights_in_the_same_mlflow_run(workdir
     assert len(runs) == 2 and runs[1].info.run_id == resumed["run_id"] != whole["run_id"]
     assert [m.step for m in client.get_metric_history(resumed["run_id"], "d_loss")] == [4, 8, 12]
     assert not (workdir / "checkpoints").exists()
+
+
+def test_python_m_pipeline_reports_a_bad_frogs_file_in_one_line_without_tensorflows_start_up_lines(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.npz"
+    bad.write_text("junk")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "generator=gan", "experiment=tiny", f"gan.data.path={bad}",
+                           f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1] == f"error: {bad}: not an .npz (zip) archive, or a truncated one; expected an .npz with x (5000, 32, 32, 3) uint8; " \
+                        "nothing was written to data/gan/cifar10_frogs.npz"
+    assert "Traceback" not in proc.stderr and not any("cuda" in line.lower() or "onednn" in line.lower() for line in lines)

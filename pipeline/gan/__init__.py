@@ -10,6 +10,7 @@ def errors() -> tuple[type[Exception], ...]:
     """What the stages report as one `error:` line (bad data, config, network or store)."""
     from pipeline.download import FetchError
     from pipeline.epochs import TrainError
+    from pipeline.gan.sample import SampleError
     from pipeline.networks import NetworkError
 
-    return (FetchError, TrainError, NetworkError)
+    return (FetchError, TrainError, NetworkError, SampleError)

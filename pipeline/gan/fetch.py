@@ -39,6 +39,10 @@ def read(path: Path, source: str | None = None) -> np.ndarray:
     what was expected, for any other file."""
     source = source or str(path)
     expected = f"an .npz with x {SHAPE} uint8"
+    if not Path(path).is_file():
+        raise FetchError(f"{source}: no such file; fetch the frogs first (dvc repro gan_fetch)")
+    if not zipfile.is_zipfile(path):
+        raise FetchError(f"{source}: not an .npz (zip) archive, or a truncated one; expected {expected}")
     try:
         with np.load(path, allow_pickle=False) as z:
             if "x" not in z.files:
