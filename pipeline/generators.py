@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 
-GENERATORS = {"text": "pipeline.text", "vae": "pipeline.vae", "gan": "pipeline.gan"}
+GENERATORS = {"text": "pipeline.text", "vae": "pipeline.vae", "gan": "pipeline.gan", "dream": "pipeline.dream"}
 
 
 def package(name: str):

@@ -128,14 +128,20 @@ def preprocess(network: str, images):
     return module.preprocess_input(images)
 
 
-def feature_extractor(network: str, weights: str, layer: str, input_shape, seed: int = 0):
-    """A model from RGB [0, 255] images to the named layer's activations, preprocessing included."""
+def feature_extractor(network: str, weights: str, layer: str | list[str], input_shape, seed: int = 0):
+    """A model from RGB [0, 255] images to the named layer's activations (a list of layers: a list
+    of activations, in that order), preprocessing included."""
     import keras
 
     base = build(network, weights, input_shape, seed)
-    try:
-        out = base.get_layer(layer).output
-    except ValueError:
-        raise NetworkError(f"{network} has no layer {layer!r}") from None
+    names = [layer] if isinstance(layer, str) else list(layer)
+    outs = []
+    for name in names:
+        try:
+            outs.append(base.get_layer(name).output)
+        except ValueError:
+            known = ", ".join(x.name for x in base.layers if "conv" in x.name or "mixed" in x.name)
+            raise NetworkError(f"{network} has no layer {name!r} (its layers: {known})") from None
     inputs = keras.Input(shape=input_shape)
-    return keras.Model(inputs, keras.Model(base.input, out)(preprocess(network, inputs)), name=f"{network}_{layer}")
+    features = keras.Model(base.input, outs[0] if isinstance(layer, str) else outs)(preprocess(network, inputs))
+    return keras.Model(inputs, features, name=f"{network}_features")

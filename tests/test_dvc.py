@@ -53,6 +53,7 @@ def repro(repo, *overrides):
 TEXT = ["text_fetch", "text_vectorize", "text_train", "text_sample"]
 VAE = ["vae_fetch", "vae_train", "vae_sample"]
 GAN = ["gan_fetch", "gan_train", "gan_sample"]
+DREAM = ["dream_fetch", "dream_dream"]
 
 
 def _of(ran: list[str], generator: str) -> list[str]:
@@ -62,7 +63,8 @@ def _of(ran: list[str], generator: str) -> list[str]:
 def test_repro_runs_every_generator_then_what_changed_and_nothing_else(repo):
     path, env = repo
     ran = repro(repo)
-    assert sorted(ran) == sorted(TEXT + VAE + GAN) and _of(ran, "text") == TEXT and _of(ran, "vae") == VAE and _of(ran, "gan") == GAN
+    assert sorted(ran) == sorted(TEXT + VAE + GAN + DREAM) and _of(ran, "text") == TEXT and _of(ran, "vae") == VAE
+    assert _of(ran, "gan") == GAN and _of(ran, "dream") == DREAM
     assert repro(repo) == []  # nothing changed: nothing runs
     assert repro(repo, "text.sample.temperature=0.7") == ["text_sample"]  # a new temperature never retrains
     assert sorted(p.name for p in (path / "samples/text").iterdir()) == ["temperature_0.7.txt"]
@@ -82,6 +84,9 @@ def test_repro_runs_every_generator_then_what_changed_and_nothing_else(repo):
     assert repro(repo, *kept[:-1], "text.model.units=12", "gan.train.label_noise=0.1", "gan.sample.steps=5") == [
         "text_train", "text_sample"]
     assert (path / "samples/gan/grid.png").stat().st_size > 0 and (path / "metrics/gan/train.json").exists()
+    assert repro(repo, *kept[:-1], "text.model.units=12", "gan.train.label_noise=0.1", "gan.sample.steps=5",
+                 "dream.step=0.02") == ["dream_dream"]  # a dream key re-dreams, and nothing else runs
+    assert (path / "samples/dream/dream.png").stat().st_size > 0
 
 
 def test_an_edited_custom_corpus_is_fetched_again(repo, tmp_path_factory):
