@@ -281,12 +281,13 @@ def test_a_killed_run_resumes_to_the_same_weights_in_the_same_mlflow_run(workdir
     assert "train: resuming after epoch 1 " in capsys.readouterr().out
     again = keras.saving.load_model(workdir / "models/vae/vae.keras", safe_mode=True).get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(again, weights, strict=True))
-    # The same training losses; the test losses to float rounding (TensorFlow's CPU reductions are
-    # not bit-stable from one process state to the next; the weights above are).
+    # The losses to float rounding: TensorFlow's CPU reductions are not bit-stable from one process
+    # state to the next (the weights above are).
     rows = lambda text: [line.split(",") for line in text.splitlines()[1:]]  # noqa: E731
     again_rows, whole_rows = rows((workdir / "metrics/vae/history.csv").read_text()), rows(history)
-    assert [r[:2] for r in again_rows] == [r[:2] for r in whole_rows]  # epoch, loss
-    assert [float(r[2]) for r in again_rows] == pytest.approx([float(r[2]) for r in whole_rows], rel=1e-6)
+    assert [r[0] for r in again_rows] == [r[0] for r in whole_rows]  # the same epochs
+    for column in (1, 2):  # loss, val_loss: Keras's running means, summed in another order under load (CI saw 507.79535 vs 507.79538)
+        assert [float(r[column]) for r in again_rows] == pytest.approx([float(r[column]) for r in whole_rows], rel=1e-6)
     assert resumed["test_neg_elbo"] == pytest.approx(whole["test_neg_elbo"], rel=1e-6)
     client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("genlab-vae").experiment_id], order_by=["start_time"])
