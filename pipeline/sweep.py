@@ -95,6 +95,13 @@ class SweepRun(Callback):
             self.client.set_terminated(run_id, status)
 
 
+def varying_params(children) -> list[str]:
+    """The params whose values differ between a sweep's child runs (MLflow's own keys aside), sorted:
+    the columns every generator's summary shows."""
+    params = [c.data.params for c in children]
+    return sorted(k for k in set().union(*params) if not k.startswith("mlflow.") and len({p.get(k) for p in params}) > 1)
+
+
 def summarize(client, run_id: str, children, folder: Path, summary) -> list[dict]:
     """Write the summary table and plots of the generator's `summary` module into `folder` and log
     them, with the sweep's best score (`summary.SCORE`, lowest wins) and the run that reached it,

@@ -7,8 +7,9 @@ SCORE = "kid"  # the sweep's best job: the lowest KID
 
 
 def rows(children) -> list[dict]:
-    params = [c.data.params for c in children]
-    varying = sorted(k for k in set().union(*params) if not k.startswith("mlflow.") and len({p.get(k) for p in params}) > 1)
+    from pipeline.sweep import varying_params
+
+    varying = varying_params(children)
     out = []
     for c in sorted(children, key=lambda c: int(c.data.tags.get("sweep.job", 0))):
         m = c.data.metrics

@@ -12,9 +12,9 @@ SCORE = "best_val_loss"  # the sweep's best job: the lowest of it
 def rows(children) -> list[dict]:
     """One row per (job, temperature): job number, run id, status, maxlen and the other params whose
     values differ between jobs, the temperature, the model's best validation figures and the sample metrics."""
-    params = [c.data.params for c in children]
-    varying = sorted(k for k in set().union(*params) if not k.startswith("mlflow.")
-                     and len({p.get(k) for p in params}) > 1 and k not in ("sample.temperature", "vectorize.maxlen"))
+    from pipeline.sweep import varying_params
+
+    varying = [k for k in varying_params(children) if k not in ("sample.temperature", "vectorize.maxlen")]
     rows = []
     for c in sorted(children, key=lambda c: int(c.data.tags.get("sweep.job", 0))):
         m = c.data.metrics

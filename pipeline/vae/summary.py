@@ -7,8 +7,9 @@ SCORE = "test_iwae_nll"  # the sweep's best job: the tightest likelihood bound, 
 
 
 def rows(children) -> list[dict]:
-    params = [c.data.params for c in children]
-    varying = sorted(k for k in set().union(*params) if not k.startswith("mlflow.") and len({p.get(k) for p in params}) > 1)
+    from pipeline.sweep import varying_params
+
+    varying = varying_params(children)
     out = []
     for c in sorted(children, key=lambda c: int(c.data.tags.get("sweep.job", 0))):
         row = {"job": c.data.tags.get("sweep.job", ""), "run_id": c.info.run_id, "status": c.info.status,
