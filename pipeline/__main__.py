@@ -138,7 +138,10 @@ def resumable_run(cfg, params: dict[str, str]) -> str | None:
 
     from pipeline import checkpoint
 
-    found = checkpoint.latest_state(Path(cfg.paths.checkpoints))
+    folder = OmegaConf.select(cfg, "paths.checkpoints")
+    if folder is None:
+        return None  # a generator that fits no dataset (the dream, style transfer) has no checkpoint to resume
+    found = checkpoint.latest_state(Path(folder))
     run_id = found and found[1].get("run_id")
     if not run_id:
         return None

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import importlib
 
-GENERATORS = {"text": "pipeline.text", "vae": "pipeline.vae", "gan": "pipeline.gan", "dream": "pipeline.dream"}
+GENERATORS = {"text": "pipeline.text", "vae": "pipeline.vae", "gan": "pipeline.gan", "dream": "pipeline.dream",
+              "style": "pipeline.style"}
 
 
 def package(name: str):

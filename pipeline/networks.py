@@ -145,3 +145,35 @@ def feature_extractor(network: str, weights: str, layer: str | list[str], input_
     inputs = keras.Input(shape=input_shape)
     features = keras.Model(base.input, outs[0] if isinstance(layer, str) else outs)(preprocess(network, inputs))
     return keras.Model(inputs, features, name=f"{network}_features")
+
+
+def input_gradient(loss_of, update=None):
+    """A compiled `fn(image, *args) -> (losses, out)` for optimising an image against a network:
+    `losses = loss_of(image)` (a tuple, its first the scalar to differentiate) and `out` the gradient
+    of that scalar with respect to `image`, or `update(image, gradient, *args)` computed in the same
+    graph. One `tf.function` on TensorFlow, traced once per image shape (a relaxed shape runs
+    slower); autograd on torch."""
+    import keras
+
+    update = update or (lambda image, grads, *args: grads)
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function
+        def fn(image, *args):
+            with tf.GradientTape() as tape:
+                tape.watch(image)
+                losses = loss_of(image)
+            return losses, update(image, tape.gradient(losses[0], image), *args)
+        return fn
+    if backend == "torch":
+        import torch
+
+        def fn(image, *args):
+            image = image.detach().requires_grad_(True)
+            losses = loss_of(image)
+            (grads,) = torch.autograd.grad(losses[0], image)
+            return tuple(x.detach() for x in losses), update(image.detach(), grads, *args)
+        return fn
+    raise NotImplementedError(f"image optimisation runs on the tensorflow and torch backends, not {backend}")

@@ -1,10 +1,16 @@
-"""Pictures of generated images, as every image generator draws them: tiles in a grid with grey
-gutters, saved as PNG atomically (a PNG is what a person looks at, in MLflow or in samples/)."""
+"""Pictures: generated images as every image generator draws them (tiles in a grid with grey
+gutters, saved as PNG atomically: a PNG is what a person looks at, in MLflow or in samples/), and
+the photos the image-optimising generators start from (a user's own file or a pinned download,
+read whatever its mode and refused in one line when it cannot be used)."""
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+from omegaconf import MISSING
 
 from pipeline import artifacts
 
@@ -74,3 +80,52 @@ def read_image(path: Path | str, max_side: int | None, max_pixels: int, min_side
         raise ImageError(f"{path}: {out.shape[1]} x {out.shape[0]} after resizing, smaller than the network's "
                          f"{min_side} pixels a side")
     return out
+
+
+@dataclass
+class ImageSource:
+    """A photo's config section (the dream's `image`, style transfer's `images.content` and
+    `images.style`): `path` (a user's own file, taken as it is) wins over the mirror's
+    images/<name>, which wins over `url`; both of those are pinned by `sha256`."""
+    name: str = MISSING
+    url: Optional[str] = MISSING
+    sha256: Optional[str] = MISSING
+    path: Optional[str] = MISSING
+    mirror: Optional[str] = MISSING
+    timeout: float = MISSING
+    max_pixels: int = MISSING
+
+
+def check_source(i, key: str, check) -> None:
+    """The ranges of an ImageSource section at `key` (`dream.image`), reported by `check(ok, key,
+    message)`."""
+    check(i.path is not None or i.url is not None, key, "needs a url or a path")
+    check(i.sha256 is None or (len(i.sha256) == 64 and all(ch in "0123456789abcdef" for ch in i.sha256)),
+          f"{key}.sha256", f"must be 64 lowercase hex digits or null, got {i.sha256!r}")
+    check(i.timeout > 0, f"{key}.timeout", f"must be > 0, got {i.timeout}")
+    check(i.max_pixels >= 1, f"{key}.max_pixels", f"must be >= 1, got {i.max_pixels}")
+
+
+def fetch_image(i, folder: Path, key: str) -> dict:
+    """The photo of ImageSource `i` (config key `key`) to folder/<i.name>, through the same mechanics
+    as every dataset (`pipeline.download`), checked to be an image `read_image` can use, or nothing
+    is written: {"image", "path", "source", "bytes", "sha256"}."""
+    from pipeline.download import MIRROR_ENV, FetchError, fetch, sha256_check
+
+    dest = Path(folder) / i.name
+    label = f"image {i.name!r}"
+    pinned = sha256_check(label, i.sha256)
+
+    def check(path: Path, source: str) -> None:
+        if not i.path:  # a user's own photo has no pinned hash; the mirror's and the URL's have
+            pinned(path, source)
+        try:
+            read_image(path, None, i.max_pixels, 1)
+        except ImageError as e:
+            raise FetchError(str(e).replace(str(path), source)) from None
+
+    source = fetch(dest, label=label, filename=f"images/{i.name}", url=i.url, path=i.path, path_key=f"{key}.path",
+                   mirror=i.mirror or os.environ.get(MIRROR_ENV), mirror_key=f"{key}.mirror", timeout=i.timeout,
+                   check=check, pinned=bool(i.sha256) and not i.path)
+    return {"image": i.name, "path": str(dest), "source": source, "bytes": dest.stat().st_size,
+            "sha256": artifacts.sha256_of(dest)}

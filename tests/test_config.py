@@ -156,6 +156,19 @@ BOUNDARIES = [  # (extra overrides, key, refused, accepted)
     ([], "vae.sample.steps", 1, 2),
     ([], "vae.sample.concept_digits", 0, 1),
     ([], "vae.data.timeout", 0, 0.1),
+    ([], "style.size", 31, 32),
+    ([], "style.recipes.vgg16.style_layers", [], ["block1_conv1"]),
+    ([], "style.recipes.vgg16.content_weight", -0.01, 0),
+    ([], "style.recipes.vgg16.style_weight", -0.01, 0),
+    ([], "style.recipes.vgg16.tv_weight", -0.01, 0),
+    ([], "style.optimizer.learning_rate", 0, 1e-9),
+    ([], "style.optimizer.decay_steps", 0, 1),
+    ([], "style.optimizer.decay_rate", 0, 0.01),
+    ([], "style.optimizer.decay_rate", 1.01, 1.0),
+    ([], "style.evaluations", 0, 1),
+    ([], "style.image_every", 0, 1),
+    ([], "style.images.content.max_pixels", 0, 1),
+    ([], "style.images.style.timeout", 0, 0.1),
 ]
 
 

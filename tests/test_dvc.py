@@ -54,6 +54,7 @@ TEXT = ["text_fetch", "text_vectorize", "text_train", "text_sample"]
 VAE = ["vae_fetch", "vae_train", "vae_sample"]
 GAN = ["gan_fetch", "gan_train", "gan_sample"]
 DREAM = ["dream_fetch", "dream_dream"]
+STYLE = ["style_fetch", "style_transfer"]
 
 
 def _of(ran: list[str], generator: str) -> list[str]:
@@ -63,8 +64,8 @@ def _of(ran: list[str], generator: str) -> list[str]:
 def test_repro_runs_every_generator_then_what_changed_and_nothing_else(repo):
     path, env = repo
     ran = repro(repo)
-    assert sorted(ran) == sorted(TEXT + VAE + GAN + DREAM) and _of(ran, "text") == TEXT and _of(ran, "vae") == VAE
-    assert _of(ran, "gan") == GAN and _of(ran, "dream") == DREAM
+    assert sorted(ran) == sorted(TEXT + VAE + GAN + DREAM + STYLE) and _of(ran, "text") == TEXT and _of(ran, "vae") == VAE
+    assert _of(ran, "gan") == GAN and _of(ran, "dream") == DREAM and _of(ran, "style") == STYLE
     assert repro(repo) == []  # nothing changed: nothing runs
     assert repro(repo, "text.sample.temperature=0.7") == ["text_sample"]  # a new temperature never retrains
     assert sorted(p.name for p in (path / "samples/text").iterdir()) == ["temperature_0.7.txt"]
@@ -77,14 +78,15 @@ def test_repro_runs_every_generator_then_what_changed_and_nothing_else(repo):
     assert repro(repo, "text.sample.temperature=0.7", "text.vectorize.maxlen=16", "vae.train.beta=0.5",
                  "vae.sample.grid=4", "text.model.units=8") == ["text_train", "text_sample"]
     assert (path / "samples/vae/latent_grid.png").stat().st_size > 0 and (path / "metrics/vae/train.json").exists()
-    # A GAN or dream key re-runs that generator's stages only (the text key above ran none of theirs);
-    # a GAN sample key only its sampling.
+    # A GAN, dream or style key re-runs that generator's stages only (the text key above ran none of
+    # theirs); a GAN sample key only its sampling.
     kept = ("text.sample.temperature=0.7", "text.vectorize.maxlen=16", "vae.train.beta=0.5", "vae.sample.grid=4", "text.model.units=8")
-    ran = repro(repo, *kept, "gan.train.label_noise=0.1", "dream.step=0.02")
-    assert sorted(ran) == ["dream_dream", "gan_sample", "gan_train"] and _of(ran, "gan") == ["gan_train", "gan_sample"]
-    assert repro(repo, *kept, "gan.train.label_noise=0.1", "dream.step=0.02", "gan.sample.steps=5") == ["gan_sample"]
+    changed = ("gan.train.label_noise=0.1", "dream.step=0.02", "style.recipes.vgg16.style_weight=50")
+    ran = repro(repo, *kept, *changed)
+    assert sorted(ran) == ["dream_dream", "gan_sample", "gan_train", "style_transfer"] and _of(ran, "gan") == ["gan_train", "gan_sample"]
+    assert repro(repo, *kept, *changed, "gan.sample.steps=5") == ["gan_sample"]
     assert (path / "samples/gan/grid.png").stat().st_size > 0 and (path / "metrics/gan/train.json").exists()
-    assert (path / "samples/dream/dream.png").stat().st_size > 0
+    assert (path / "samples/dream/dream.png").stat().st_size > 0 and (path / "samples/style/transfer.png").stat().st_size > 0
 
 
 def test_an_edited_custom_corpus_is_fetched_again(repo, tmp_path_factory):

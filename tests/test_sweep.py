@@ -420,3 +420,28 @@ def test_a_gan_sweep_is_one_parent_run_with_a_nested_run_per_job_and_a_kid_summa
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"summary.csv", "summary.json", "kid_per_job.png"}
     best = min(runs, key=lambda r: r.data.metrics["kid_vgg16_random"])
     assert client.get_run(parent.info.run_id).data.tags["sweep.best_run"] == best.info.run_id
+
+
+@pytest.mark.slow
+def test_a_style_sweep_is_one_parent_run_with_a_nested_run_per_job_and_a_summary(workdir):
+    """generator=style (a generator with no training checkpoint to resume) sweeps over the style
+    weight: two child runs under one parent in genlab-style, a summary row per job with its losses
+    and SSIM; the images are fetched once."""
+    parent, runs = _launch(workdir, "style_sweep", "generator=style", "experiment=tiny",
+                           "style.recipes.vgg16.style_weight=1,100", experiment="genlab-style")
+    client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    assert parent.info.status == "FINISHED" and len(runs) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    assert sorted(r.data.tags["stage.fetch"] for r in runs) == ["ran", "reused"]
+    rows = {row["run_id"]: row for row in csv.DictReader((workdir / "style_sweep" / "summary.csv").open())}
+    assert set(rows) == {r.info.run_id for r in runs}
+    for r in runs:
+        row = rows[r.info.run_id]
+        assert row["recipes.vgg16.style_weight"] == r.data.params["recipes.vgg16.style_weight"]
+        assert float(row["ssim_to_content"]) == pytest.approx(r.data.metrics["ssim_to_content"])
+        assert float(row["final_loss"]) == pytest.approx(r.data.metrics["final_loss"])
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"summary.csv", "summary.json", "style_vs_ssim.png"}
+    # A hundred times the style weight buys a lower style loss with less of the photo kept.
+    weak, strong = sorted(runs, key=lambda r: float(r.data.params["recipes.vgg16.style_weight"]))
+    assert strong.data.metrics["final_style_loss"] < weak.data.metrics["final_style_loss"]
+    assert strong.data.metrics["ssim_to_content"] < weak.data.metrics["ssim_to_content"]

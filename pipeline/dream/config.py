@@ -11,6 +11,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from pipeline.config import _schema_keys
 from pipeline.config import check as check_key
+from pipeline.pictures import ImageSource, check_source
 
 PREFIX = "dream."
 USER_PATHS = ("image.path", "image.mirror")
@@ -24,17 +25,6 @@ class Paths:
 
 
 @dataclass
-class Image:
-    name: str = MISSING
-    url: Optional[str] = MISSING
-    sha256: Optional[str] = MISSING
-    path: Optional[str] = MISSING
-    mirror: Optional[str] = MISSING
-    timeout: float = MISSING
-    max_pixels: int = MISSING
-
-
-@dataclass
 class DreamMlflow:
     experiment: str = MISSING
 
@@ -42,7 +32,7 @@ class DreamMlflow:
 @dataclass
 class Dream:
     paths: Paths = MISSING
-    image: Image = MISSING
+    image: ImageSource = MISSING
     network: str = MISSING
     weights: str = MISSING
     layers: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -78,7 +68,7 @@ def check(cfg: DictConfig, source: str) -> None:
     chosen = cfg.layers[cfg.network]
     _check(len(chosen) > 0 and all(math.isfinite(w) for w in chosen.values()), f"layers.{cfg.network}",
            f"must name at least one layer with a finite weight, got {dict(chosen)}", source)
-    for key in ("size", "octaves", "iterations", "image.max_pixels"):
+    for key in ("size", "octaves", "iterations"):
         _check(OmegaConf.select(cfg, key) >= 1, key, f"must be >= 1, got {OmegaConf.select(cfg, key)}", source)
     _check(cfg.size >= 32, "size", f"must be >= 32 (the networks' smallest input), got {cfg.size}", source)
     _check(cfg.octave_scale > 1, "octave_scale", f"must be > 1, got {cfg.octave_scale}", source)
@@ -88,8 +78,4 @@ def check(cfg: DictConfig, source: str) -> None:
     smallest = cfg.size / cfg.octave_scale ** (cfg.octaves - 1)
     _check(smallest >= 32, "octaves", f"{cfg.octaves} octaves of {cfg.octave_scale} shrink a {cfg.size}-pixel image to "
            f"{smallest:.0f} pixels, below the networks' 32", source)
-    i = cfg.image
-    _check(i.path is not None or i.url is not None, "image", "needs a url or a path", source)
-    _check(i.sha256 is None or (len(i.sha256) == 64 and all(ch in "0123456789abcdef" for ch in i.sha256)),
-           "image.sha256", f"must be 64 lowercase hex digits or null, got {i.sha256!r}", source)
-    _check(i.timeout > 0, "image.timeout", f"must be > 0, got {i.timeout}", source)
+    check_source(cfg.image, "image", lambda ok, key, message: _check(ok, key, message, source))

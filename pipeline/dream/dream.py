@@ -50,39 +50,25 @@ def activation_loss(features: list, weights: list[float], border: int):
 
 def ascent_step(extractor, weights: list[float], border: int):
     """step(image, lr) -> (loss, image + lr * normalised gradient), the image (1, h, w, 3) in
-    [-1, 1]; compiled once per image size on TensorFlow, autograd on torch."""
-    import keras
+    [-1, 1]; one compiled function (`pipeline.networks.input_gradient`)."""
     from keras import ops
+
+    from pipeline.networks import input_gradient
 
     def loss_of(image):
         features = extractor((image + 1.0) * 127.5)
-        return activation_loss(features if isinstance(features, (list, tuple)) else [features], weights, border)
+        return (activation_loss(features if isinstance(features, (list, tuple)) else [features], weights, border),)
 
     def ascend(image, grads, lr):
         grads = grads / ops.maximum(ops.mean(ops.abs(grads)), 1e-6)
         return image + lr * grads
 
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
+    compiled = input_gradient(loss_of, ascend)
 
-        @tf.function  # one trace per octave size, each with its static shape (a relaxed shape runs slower)
-        def step(image, lr):
-            with tf.GradientTape() as tape:
-                tape.watch(image)
-                loss = loss_of(image)
-            return loss, ascend(image, tape.gradient(loss, image), lr)
-        return step
-    if backend == "torch":
-        import torch
-
-        def step(image, lr):
-            image = image.detach().requires_grad_(True)
-            loss = loss_of(image)
-            (grads,) = torch.autograd.grad(loss, image)
-            return loss.detach(), ascend(image.detach(), grads, lr)
-        return step
-    raise NotImplementedError(f"the dream runs on the tensorflow and torch backends, not {backend}")
+    def step(image, lr):
+        (loss,), image = compiled(image, lr)
+        return loss, image
+    return step
 
 
 def dream(step_fn, base: np.ndarray, octaves: int, scale: float, iterations: int, lr: float, max_loss: float | None,
