@@ -111,10 +111,11 @@ def test_the_total_is_the_weighted_sum_and_zero_content_loss_at_the_photo(tiny_p
 def test_a_keras_optimizer_lowers_the_loss_and_keeps_pixels_in_range(tiny_problem, name):
     content, style, recipe, extractor, loss_of = tiny_problem
     grad_fn = networks.input_gradient(loss_of)
-    seen = []
+    seen, images = [], []
     out = transfer.keras_descent(grad_fn, content.astype(np.float32), 5, name, 1.0 if name == "adam" else 1e-3, 100, 0.96,
-                                 lambda values, image: seen.append(values[0]))
+                                 lambda values, image: (seen.append(values[0]), images.append(image)))
     assert len(seen) == 5 and seen[-1] < seen[0] and out.min() >= 0 and out.max() <= 255 and out.shape == content.shape
+    assert np.array_equal(images[-1], out) and not np.array_equal(images[0], content)  # each step's image, after it
 
 
 @pytest.fixture(scope="module")

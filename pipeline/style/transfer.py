@@ -113,7 +113,8 @@ def lbfgs(grad_fn, start: np.ndarray, evaluations: int, on_evaluation) -> np.nda
 def keras_descent(grad_fn, start: np.ndarray, evaluations: int, name: str, learning_rate: float, decay_steps: int,
                   decay_rate: float, on_evaluation) -> np.ndarray:
     """A Keras optimizer (keras-io's SGD and its schedule, or Adam, RMSprop) on the image's pixels,
-    clipped to [0, 255] after each step, for `evaluations` steps."""
+    clipped to [0, 255] after each step, for `evaluations` steps; on_evaluation(losses, image) after
+    each, the losses of the image before the step and the image after it."""
     import keras
     from keras import ops
 
@@ -124,7 +125,7 @@ def keras_descent(grad_fn, start: np.ndarray, evaluations: int, name: str, learn
         values, grads = grad_fn(image.value)
         optimizer.apply([grads], [image])
         image.assign(ops.clip(image.value, 0.0, 255.0))
-        on_evaluation([float(ops.convert_to_numpy(v)) for v in values], None)
+        on_evaluation([float(ops.convert_to_numpy(v)) for v in values], ops.convert_to_numpy(image.value)[0])
     return ops.convert_to_numpy(image.value)[0]
 
 
@@ -175,8 +176,7 @@ def run(cfg) -> dict:
             n = len(history)
             if n % cfg.image_every == 0 or n == cfg.evaluations:
                 flush()
-                if image is not None:  # L-BFGS hands over the image it evaluated; a Keras optimizer's is logged at the end
-                    mlflow.log_image(to_uint8(image), f"progress/evaluation_{n:05d}.png")
+                mlflow.log_image(to_uint8(image), f"progress/evaluation_{n:05d}.png")
                 print(f"evaluation {n}/{cfg.evaluations}: loss {values[0]:.4g} (content {values[1]:.4g}, style {values[2]:.4g}, "
                       f"tv {values[3]:.4g}), {time.perf_counter() - started:.1f} s", flush=True)
 
