@@ -5,6 +5,7 @@ measured in the same run on the same data: MNIST's 60,000 training digits, the s
     python bench/vae.py --epochs 30      # the book's recipe
     python bench/vae.py --json           # the figures as one JSON object
     python bench/vae.py --seeds 3        # 3 initialisations (seeds 1337, 1338, 1339): mean and spread per side
+    python bench/vae.py --same-randomness   # the reference fed genlab's digit order and posterior noise
 
 Each side runs in a fresh process of its own, from the same initial weights (the reference's,
 drawn from the seed: the two models have the same layers, and a VAE's loss after a few epochs
@@ -82,7 +83,27 @@ def _initial_weights(keras, seed: int) -> list:
     return encoder.get_weights() + decoder.get_weights()
 
 
-def child(side: str, epochs: int, k: int, seed: int) -> dict:
+def _reference_fed_like_genlab(ref, keras, x_train, epochs: int, seed: int, timer):
+    """The reference's model and train_step, fed what genlab's train stage feeds its own: each
+    epoch's order of the digits (`np.random.default_rng([seed, epoch])`) and its posterior noise
+    (the Sampling layer's generator set at each epoch's start to the state genlab's `reseed` sets).
+    With equal initial weights, what then still differs is the loss's arithmetic alone: keras-io's
+    binary cross-entropy on clipped sigmoid outputs against genlab's on the logits."""
+    from keras import ops
+
+    encoder, decoder = ref.build()
+    vae = ref.VAE(encoder, decoder)
+    vae.compile(optimizer=keras.optimizers.Adam())
+    sampling = next(layer for layer in encoder.layers if isinstance(layer, ref.Sampling))
+    for epoch in range(epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(len(x_train))
+        state = sampling.seed_generator.state
+        state.assign(ops.convert_to_tensor([seed, (epoch + 1) * 1_000_000], dtype=state.dtype))
+        vae.fit(x_train[order], initial_epoch=epoch, epochs=epoch + 1, batch_size=128, shuffle=False, verbose=0, callbacks=[timer])
+    return vae
+
+
+def child(side: str, epochs: int, k: int, seed: int, same_randomness: bool = False) -> dict:
     from pipeline.machine import import_tensorflow, peak_rss_mib
 
     import_tensorflow()
@@ -105,7 +126,10 @@ def child(side: str, epochs: int, k: int, seed: int) -> dict:
 
         keras.utils.set_random_seed(seed)  # what _initial_weights drew: the same weights again
         timer = Timer()
-        vae = ref.train(x_train, epochs, [timer])
+        if same_randomness:
+            vae = _reference_fed_like_genlab(ref, keras, x_train, epochs, seed, timer)
+        else:
+            vae = ref.train(x_train, epochs, [timer])
         seconds, loss = timer.seconds, timer.loss
         encode = lambda x: [keras.ops.convert_to_numpy(a) for a in vae.encoder(x)[:2]]  # noqa: E731
         decode = lambda z: keras.ops.convert_to_numpy(vae.decoder(z))  # noqa: E731
@@ -144,11 +168,12 @@ def child(side: str, epochs: int, k: int, seed: int) -> dict:
             "score_seconds": time.perf_counter() - started, "peak_rss_mib": peak_rss_mib()}
 
 
-def _pair(epochs: int, k: int, seed: int) -> dict:
+def _pair(epochs: int, k: int, seed: int, same_randomness: bool) -> dict:
     """Both sides for one seed, each in a fresh process."""
     out = {}
     for side in ("reference", "genlab"):
-        proc = subprocess.run([sys.executable, __file__, "--child", side, "--epochs", str(epochs), "--k", str(k), "--seed", str(seed)],
+        proc = subprocess.run([sys.executable, __file__, "--child", side, "--epochs", str(epochs), "--k", str(k), "--seed", str(seed),
+                               *(["--same-randomness"] if same_randomness else [])],
                               cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         if proc.returncode != 0:
             sys.exit(f"error: the {side} run (seed {seed}) failed:\n{proc.stderr[-3000:]}")
@@ -167,21 +192,23 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--k", type=int, default=50, help="posterior samples per test digit (IWAE's k)")
     parser.add_argument("--seeds", type=int, default=1, help="initialisations to run, from seed 1337 on (mean and spread per side)")
+    parser.add_argument("--same-randomness", action="store_true",
+                        help="feed the reference genlab's order of the digits and its posterior noise, epoch by epoch")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", choices=("reference", "genlab"), help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=SEED, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.epochs, args.k, args.seed)))
+        print(json.dumps(child(args.child, args.epochs, args.k, args.seed, args.same_randomness)))
         return
     started = time.perf_counter()
-    runs = {seed: _pair(args.epochs, args.k, seed) for seed in range(SEED, SEED + args.seeds)}
+    runs = {seed: _pair(args.epochs, args.k, seed, args.same_randomness) for seed in range(SEED, SEED + args.seeds)}
     per = {side: {key: [runs[s][side][key] for s in runs] for key in runs[SEED][side] if key != "epoch_seconds"}
            for side in ("reference", "genlab")}
     speeds = [runs[s]["reference"]["median_epoch_seconds"] / runs[s]["genlab"]["median_epoch_seconds"] for s in runs]
     speed = statistics.median(speeds)
     ref_elbo, gen_elbo = _mean_sd(per["reference"]["test_neg_elbo"]), _mean_sd(per["genlab"]["test_neg_elbo"])
-    report = {"epochs": args.epochs, "k": args.k, "seeds": list(runs), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    report = {"epochs": args.epochs, "k": args.k, "seeds": list(runs), "same_randomness": args.same_randomness, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "runs": {str(s): r for s, r in runs.items()}, "epoch_speed_ratio": speed, "epoch_speed_ratios": speeds,
               "elbo_gap_mean": gen_elbo[0] - ref_elbo[0], "wall_seconds": time.perf_counter() - started}
     if args.json:
@@ -190,6 +217,8 @@ def main() -> None:
     n = len(runs)
     print(f"VAE, {args.epochs} epochs on MNIST's 60,000 training digits; scored on its 10,000 test digits, k={args.k}; "
           f"{n} seed{'s' if n > 1 else ''} ({', '.join(map(str, runs))}){': mean ± sd' if n > 1 else ''}")
+    if args.same_randomness:
+        print("the reference fed genlab's order of the digits and posterior noise, epoch by epoch")
     print(f"{'figure':40s} {'keras-io':>16s} {'genlab':>16s} {'ratio':>7s}  target")
 
     def cell(values):
