@@ -140,6 +140,7 @@ def run(cfg) -> dict:
 
     import_keras()
     import mlflow
+    from keras import ops
 
     raw = Path(cfg.paths.raw)
     c, s = cfg.images.content, cfg.images.style
@@ -153,7 +154,8 @@ def run(cfg) -> dict:
     recipe = OmegaConf.to_container(cfg.recipes[cfg.network])
     extractor = networks.feature_extractor(cfg.network, cfg.weights, [recipe["content_layer"], *recipe["style_layers"]],
                                            content.shape, cfg.seed)
-    grad_fn = networks.input_gradient(loss_function(extractor, content, style, recipe))
+    loss_of = loss_function(extractor, content, style, recipe)
+    grad_fn = networks.input_gradient(loss_of)
     history = []
     params = OmegaConf.to_container(cfg, resolve=True)
 
@@ -190,7 +192,8 @@ def run(cfg) -> dict:
         seconds = time.perf_counter() - started
         flush()
         out = to_uint8(result)
-        final = [float(v) for v in _evaluate(grad_fn, out)]
+        # The losses of the image as written (rounded to uint8): the figures the metrics report; no gradient needed.
+        final = [float(ops.convert_to_numpy(v)) for v in loss_of(ops.convert_to_tensor(out[None].astype(np.float32)))]
         pictures.save_png(out, samples / "transfer.png", scale=1)
         pictures.save_png(pictures.tile(np.stack([content, style, out])[None]), samples / "triptych.png", scale=1)
         metrics = {**{f"final_{k}": v for k, v in zip(LOSSES, final)}, "first_loss": history[0]["loss"],
@@ -208,14 +211,6 @@ def run(cfg) -> dict:
           f"{metrics['final_loss']:.4g} in {len(history)} evaluations, {metrics['seconds_per_evaluation']:.2f} s each, "
           f"SSIM to the photo {metrics['ssim_to_content']:.3f}; MLflow run {active.info.run_id}")
     return info
-
-
-def _evaluate(grad_fn, image: np.ndarray):
-    """The losses of the image as written (rounded to uint8), the figures the metrics report."""
-    from keras import ops
-
-    values, _ = grad_fn(ops.convert_to_tensor(image[None].astype(np.float32)))
-    return [ops.convert_to_numpy(v) for v in values]
 
 
 def _write_history(history: list[dict], path: Path) -> None:
