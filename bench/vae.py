@@ -12,8 +12,14 @@ drawn from the seed: the two models have the same layers, and a VAE's loss after
 varies with its initialisation by more than any difference between the two implementations). The
 reference is the example's fit(); genlab's is its
 real train stage (`pipeline.vae.train.run`, in a throwaway folder): every epoch also scores the
-10,000 test digits, logs two pictures to MLflow and writes a checkpoint, all inside the epoch time
-it reports. The epoch time is the median over the epochs after the first (which traces the graph).
+10,000 test digits, inside the epoch time it reports, and then logs two pictures to MLflow and
+writes a checkpoint (timed apart, as `after_epoch_seconds`). The epoch time is the median over the
+epochs after the first (which traces the graph). Besides the epoch ratio (genlab's epoch with its
+test pass against the reference's, which has none), the bench gives the ratio of the training
+alone (genlab's epoch less its test pass) and each side's arithmetic rate: the model's
+multiply-adds counted from its layers' shapes, x3 for a training step (forward, and the gradients
+of the inputs and the weights), against a float32 matrix product's rate on the same machine, so
+that a ratio near 1 can be told apart from a slow side.
 Both trained models are then scored by the same code here, with the same posterior samples: the
 negative ELBO and the IWAE bound (k samples) on the test digits, in nats per digit; the decoders'
 probabilities are clipped to [1e-7, 1 - 1e-7] as Keras's binary cross-entropy clips them.
@@ -83,6 +89,37 @@ def _initial_weights(keras, seed: int) -> list:
     return encoder.get_weights() + decoder.get_weights()
 
 
+def flops_per_digit(model) -> int:
+    """Floating-point operations of one forward pass of one digit through `model`'s encoder and
+    decoder (2 per multiply-add of the convolutions, transposed convolutions and dense layers;
+    activations and the loss are a rounding error beside them)."""
+    import keras
+
+    total = 0
+    for part in (model.encoder, model.decoder):
+        for layer in part.layers:
+            if isinstance(layer, keras.layers.Conv2DTranspose):
+                (_, h, w, c_in), k = layer.input.shape, layer.kernel.shape
+                total += 2 * h * w * c_in * k[0] * k[1] * k[2]
+            elif isinstance(layer, keras.layers.Conv2D):
+                (_, h, w, c_out), k = layer.output.shape, layer.kernel.shape
+                total += 2 * h * w * c_out * k[0] * k[1] * k[2]
+            elif isinstance(layer, keras.layers.Dense):
+                total += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
+    return total
+
+
+def matmul_gflops(seconds: float = 3.0) -> float:
+    """This machine's float32 rate on a 1024 x 1024 matrix product (numpy's BLAS, all cores)."""
+    a = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
+    a @ a
+    started, n = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        a @ a
+        n += 1
+    return n * 2 * 1024 ** 3 / (time.perf_counter() - started) / 1e9
+
+
 def _reference_fed_like_genlab(ref, keras, x_train, epochs: int, seed: int, timer):
     """The reference's model and train_step, fed what genlab's train stage feeds its own: each
     epoch's order of the digits (`np.random.default_rng([seed, epoch])`) and its posterior noise
@@ -131,10 +168,11 @@ def child(side: str, epochs: int, k: int, seed: int, same_randomness: bool = Fal
         else:
             vae = ref.train(x_train, epochs, [timer])
         seconds, loss = timer.seconds, timer.loss
+        training, extra = seconds, {}  # the reference's epoch is all training
         encode = lambda x: [keras.ops.convert_to_numpy(a) for a in vae.encoder(x)[:2]]  # noqa: E731
         decode = lambda z: keras.ops.convert_to_numpy(vae.decoder(z))  # noqa: E731
     else:
-        from pipeline import config
+        from pipeline import config, epochs as shared_epochs
         from pipeline.vae import fetch, model, train
 
         assert [w.shape for w in model.VAE().get_weights()] == [w.shape for w in initial]
@@ -145,6 +183,31 @@ def child(side: str, epochs: int, k: int, seed: int, same_randomness: bool = Fal
                 self.set_weights(initial)
 
         model.VAE = FromReference
+        test_pass, after_epoch = [], []  # seconds of each epoch's test pass and of its pictures and checkpoint
+        evaluate = keras.Model.evaluate
+
+        def timed_evaluate(self, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return evaluate(self, *args, **kwargs)
+            finally:
+                test_pass.append(time.perf_counter() - started)
+
+        keras.Model.evaluate = timed_evaluate
+        epoch_end = shared_epochs.epoch_end
+
+        def timed_epoch_end(t, state, *args, **kwargs):
+            callback = epoch_end(t, state, *args, **kwargs)
+            row_and_after = callback.on_epoch_end
+
+            def on_epoch_end(epoch, logs=None):
+                row_and_after(epoch, logs)
+                after_epoch.append(time.perf_counter() - callback.started - state["history"][-1]["seconds"])
+
+            callback.on_epoch_end = on_epoch_end
+            return callback
+
+        shared_epochs.epoch_end = timed_epoch_end
 
         with tempfile.TemporaryDirectory() as work:
             os.chdir(work)
@@ -158,12 +221,19 @@ def child(side: str, epochs: int, k: int, seed: int, same_randomness: bool = Fal
             loss = float(history[-1][history[0].index("loss")])
             vae = keras.saving.load_model("models/vae/vae.keras", custom_objects={"FromReference": model.VAE}, safe_mode=True)
             os.chdir(ROOT)
-        assert result["epochs"] == epochs
+        assert result["epochs"] == epochs and len(test_pass) == len(after_epoch) == epochs
+        training = [total - test for total, test in zip(seconds, test_pass)]
+        extra = {"test_pass_seconds": test_pass, "median_test_pass_seconds": statistics.median(test_pass[1:] or test_pass),
+                 "after_epoch_seconds": after_epoch, "median_after_epoch_seconds": statistics.median(after_epoch[1:] or after_epoch),
+                 "test_pass_gflops": flops_per_digit(vae) * len(x_test) / statistics.median(test_pass[1:] or test_pass) / 1e9}
         encode = lambda x: [keras.ops.convert_to_numpy(a) for a in vae.encoder(x)]  # noqa: E731
         decode = lambda z: keras.ops.convert_to_numpy(vae.decode(z))  # noqa: E731
     started = time.perf_counter()
     neg_elbo, neg_iwae = score(encode, decode, x_test, k)
+    median_training = statistics.median(training[1:] or training)
     return {"epoch_seconds": seconds, "median_epoch_seconds": statistics.median(seconds[1:] or seconds),
+            "median_training_seconds": median_training, "flops_per_digit": flops_per_digit(vae),
+            "training_gflops": 3 * flops_per_digit(vae) * len(x_train) / median_training / 1e9, **extra,
             "train_loss_last_epoch": loss, "test_neg_elbo": neg_elbo, "test_iwae_nll": neg_iwae,
             "score_seconds": time.perf_counter() - started, "peak_rss_mib": peak_rss_mib()}
 
@@ -202,14 +272,18 @@ def main() -> None:
         print(json.dumps(child(args.child, args.epochs, args.k, args.seed, args.same_randomness)))
         return
     started = time.perf_counter()
+    matmul = matmul_gflops()
     runs = {seed: _pair(args.epochs, args.k, seed, args.same_randomness) for seed in range(SEED, SEED + args.seeds)}
-    per = {side: {key: [runs[s][side][key] for s in runs] for key in runs[SEED][side] if key != "epoch_seconds"}
+    per = {side: {key: [runs[s][side][key] for s in runs] for key in runs[SEED][side] if not isinstance(runs[SEED][side][key], list)}
            for side in ("reference", "genlab")}
     speeds = [runs[s]["reference"]["median_epoch_seconds"] / runs[s]["genlab"]["median_epoch_seconds"] for s in runs]
     speed = statistics.median(speeds)
+    training_speeds = [runs[s]["reference"]["median_epoch_seconds"] / runs[s]["genlab"]["median_training_seconds"] for s in runs]
+    training_speed = statistics.median(training_speeds)
     ref_elbo, gen_elbo = _mean_sd(per["reference"]["test_neg_elbo"]), _mean_sd(per["genlab"]["test_neg_elbo"])
     report = {"epochs": args.epochs, "k": args.k, "seeds": list(runs), "same_randomness": args.same_randomness, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "runs": {str(s): r for s, r in runs.items()}, "epoch_speed_ratio": speed, "epoch_speed_ratios": speeds,
+              "training_speed_ratio": training_speed, "training_speed_ratios": training_speeds, "matmul_gflops": matmul,
               "elbo_gap_mean": gen_elbo[0] - ref_elbo[0], "wall_seconds": time.perf_counter() - started}
     if args.json:
         print(json.dumps(report, indent=1))
@@ -226,6 +300,8 @@ def main() -> None:
         return f"{m:8.2f} ± {sd:5.2f}" if n > 1 else f"{m:16.2f}"
 
     rows = [("epoch seconds (median after the first)", "median_epoch_seconds", speed, ">= 1 (genlab as fast)", speed >= 1),
+            ("training alone: genlab's epoch less its test pass", "median_training_seconds", training_speed, "report", None),
+            ("training GFLOP/s (x3 forward multiply-adds)", "training_gflops", None, f"report (matmul: {matmul:.0f})", None),
             ("test negative ELBO (nats/digit)", "test_neg_elbo", None, "genlab <= keras-io (mean)", gen_elbo[0] <= ref_elbo[0]),
             ("test IWAE bound (nats/digit)", "test_iwae_nll", None, "report", None),
             ("train loss, last epoch", "train_loss_last_epoch", None, "report", None),
@@ -234,6 +310,10 @@ def main() -> None:
         r = f"{ratio:7.2f}" if ratio is not None else " " * 7
         mark = "" if met is None else ("  met" if met else "  NOT met")
         print(f"{name:40s} {cell(per['reference'][key]):>16s} {cell(per['genlab'][key]):>16s} {r}  {target}{mark}")
+    g = per["genlab"]
+    print(f"genlab's test pass (10,000 digits, forward): {cell(g['median_test_pass_seconds']).strip()} s at "
+          f"{cell(g['test_pass_gflops']).strip()} GFLOP/s; its pictures and checkpoint after each epoch: "
+          f"{cell(g['median_after_epoch_seconds']).strip()} s")
     if n > 1:
         print("per seed, test -ELBO keras-io / genlab: " + "; ".join(
             f"{s}: {runs[s]['reference']['test_neg_elbo']:.2f} / {runs[s]['genlab']['test_neg_elbo']:.2f}" for s in runs))
