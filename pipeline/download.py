@@ -38,13 +38,16 @@ def _download(url: str, dest, timeout: float) -> None:
         print(file=sys.stderr)
 
 
-def sha256_check(label: str, sha256: str | None) -> Callable[[Path, str], None]:
-    """The default check: the file's sha256 is the pinned one (none pinned: any file)."""
+def sha256_check(label: str, sha256: str | None, key: str | None = None) -> Callable[[Path, str], None]:
+    """The default check: the file's sha256 is the pinned one (none pinned: any file). `key`, the
+    config key that pins it, is named in the error: a source that serves another version of the file
+    (a re-encoded picture) is then one override away."""
     def check(path: Path, source: str) -> None:
         actual = artifacts.sha256_of(path)
         if sha256 and actual != sha256:
+            trusted = f" (if it is a file you trust, set {key} to its hash)" if key else ""
             raise FetchError(f"{label}: sha256 mismatch for {source}: expected {sha256}, got {actual}; "
-                             f"the file is corrupt or not this {label.split()[0]}")
+                             f"the file is corrupt or not this {label.split()[0]}{trusted}")
     return check
 
 

@@ -114,7 +114,7 @@ def fetch_image(i, folder: Path, key: str) -> dict:
 
     dest = Path(folder) / i.name
     label = f"image {i.name!r}"
-    pinned = sha256_check(label, i.sha256)
+    pinned = sha256_check(label, i.sha256, f"{key}.sha256")
 
     def check(path: Path, source: str) -> None:
         if not i.path:  # a user's own photo has no pinned hash; the mirror's and the URL's have

@@ -39,7 +39,7 @@ CASES = {
     "missing corpus": ("fetch", lambda f, t: ["text/corpus=custom", f"text.corpus.path={f}/nowhere.txt"],
                        r"corpus.path: .*nowhere.txt does not exist", ["data/raw/custom.txt"]),
     "checksum mismatch": ("fetch", lambda f, t: _custom(f, _text(), "text.corpus.sha256=" + "0" * 64),
-                          r"sha256 mismatch .*expected 0000", ["data/raw/custom.txt", "metrics/fetch.json"]),
+                          r"sha256 mismatch .*expected 0000.*set text\.corpus\.sha256 to its hash", ["data/raw/custom.txt", "metrics/fetch.json"]),
     "empty file": ("vectorize", lambda f, t: _custom(f, ""), r"/mine.txt: the corpus is empty",
                    ["data/prepared/train.npy", "data/prepared/vocab.json"]),
     "binary file": ("vectorize", lambda f, t: _custom(f, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))),

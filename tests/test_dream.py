@@ -92,6 +92,6 @@ def test_the_mirrors_image_must_have_its_pinned_hash(workdir, tmp_path_factory):
     mirror = tmp_path_factory.mktemp("mirror")
     (mirror / "images").mkdir()
     Image.new("RGB", (64, 64)).save(mirror / "images/coffee.png")
-    with pytest.raises(FetchError, match="sha256 mismatch"):
+    with pytest.raises(FetchError, match=r"sha256 mismatch .*set dream\.image\.sha256 to its hash"):
         fetch.run(tiny_dream(workdir, f"dream.image.mirror={mirror}"))
     assert not (workdir / "data/dream/coffee.png").exists()

@@ -115,7 +115,7 @@ def run(cfg) -> dict:
         try:
             source = fetch(archive, label=label, filename=f"{d.name}.npz", url=d.url, path=None, path_key="gan.data.path",
                            mirror=mirror, mirror_key="gan.data.mirror", timeout=d.timeout,
-                           check=sha256_check(label, d.sha256), pinned=bool(d.sha256))
+                           check=sha256_check(label, d.sha256, "gan.data.sha256"), pinned=bool(d.sha256))
             x = extract(archive, d.label)
             if x.shape != SHAPE:
                 raise FetchError(f"{source}: class {d.label} has {len(x)} training images, expected {SHAPE[0]}")

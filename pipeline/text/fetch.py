@@ -23,7 +23,7 @@ def fetch_corpus(name: str, url: str | None, sha256: str | None, dest: Path,
     """Place the corpus at `dest` and return (source, sha256). Nothing is left at `dest`
     unless its hash is right."""
     source = fetch(dest, label=f"corpus {name!r}", filename=f"{name}.txt", url=url, path=path, path_key="text.corpus.path",
-                   mirror=mirror, mirror_key="text.fetch.mirror", timeout=timeout, check=sha256_check(f"corpus {name!r}", sha256), pinned=sha256 is not None)
+                   mirror=mirror, mirror_key="text.fetch.mirror", timeout=timeout, check=sha256_check(f"corpus {name!r}", sha256, "text.corpus.sha256"), pinned=sha256 is not None)
     return source, artifacts.sha256_of(dest)
 
 
