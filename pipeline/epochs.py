@@ -38,6 +38,21 @@ def log_epoch(row: dict, step: str = "epoch") -> None:
     mlflow.log_metrics({k: v for k, v in row.items() if k != step}, step=row[step])
 
 
+def in_batches(x: np.ndarray, batch_size: int):
+    """(data, batch_size) for fit() and evaluate() to read the array `x` in order, `batch_size` rows
+    at a time: on TensorFlow a tf.data pipeline of the batches without the autotuner that Keras's own
+    pipeline of an array has (`machine.without_autotuner`), and None; elsewhere the array itself."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return x, batch_size
+    import tensorflow as tf
+
+    from pipeline.machine import without_autotuner
+
+    return without_autotuner(tf.data.Dataset.from_tensor_slices(x).batch(batch_size)), None
+
+
 def make_optimizer(name: str, learning_rate: float, clipnorm: float | None = None):
     import keras
 

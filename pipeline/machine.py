@@ -28,6 +28,21 @@ def limit_threads(intra: int, inter: int) -> None:
                   f"runs with {had[0]} and {had[1]} in this process", file=sys.stderr)
 
 
+def without_autotuner(ds):
+    """The tf.data pipeline `ds` prefetching two batches on one input thread, without tf.data's
+    autotuner. A batch here is one small slice or gather, so the autotuner has nothing to tune, and
+    on 2 cores it costs twice: its thread pool competes with the training threads for the cores, and
+    its thread, which wakes at doubling intervals (10 ms, 20 ms, ... up to seconds), holds up the end
+    of every fit() and evaluate() over the pipeline until its next wake-up (a pass that took 1.3 s
+    then ended at 2.55 s, an epoch of 20.6 s at 41 s)."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.threading.private_threadpool_size = 1
+    return ds.prefetch(2).with_options(options)
+
+
 def gpu_likely() -> bool:
     """Whether TensorFlow will probably see a GPU, known without importing it: an NVIDIA device file
     that CUDA_VISIBLE_DEVICES does not hide. TensorFlow has the last word (`fused_lstm`)."""

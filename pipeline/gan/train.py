@@ -131,7 +131,8 @@ def run(cfg) -> dict:
             steps = min(t.check_every, t.steps - c * t.check_every)
             order = batch_order(len(train_frogs), cfg.seed, c * t.check_every * t.batch_size, steps * t.batch_size)
             model.reseed(cfg.seed, c + 1)  # each check's noise from (seed, check): a resume draws the same
-            model.fit(train_frogs[order], batch_size=t.batch_size, initial_epoch=c, epochs=c + 1, shuffle=False, verbose=0,
+            data, batch = epochs.in_batches(train_frogs[order], t.batch_size)
+            model.fit(data, batch_size=batch, initial_epoch=c, epochs=c + 1, shuffle=False, verbose=0,
                       callbacks=[callback, *extra])
             release_free_memory()
             if callback.stop_reason:

@@ -124,9 +124,11 @@ def run(cfg) -> dict:
                                               "data.sha256": data_sha}))
         extra = [epochs.progress_bar(t.epochs)] if sys.stdout.isatty() else []
         started, first = time.perf_counter(), len(state["history"])
+        test_data, test_batch = epochs.in_batches(x_test, EVAL_BATCH)
         for epoch in range(first, t.epochs):
             order = np.random.default_rng([cfg.seed, epoch]).permutation(len(x_train))  # the epoch's shuffle, from the seed
-            model.fit(x_train[order], batch_size=t.batch_size, validation_data=(x_test,), validation_batch_size=EVAL_BATCH,
+            data, batch = epochs.in_batches(x_train[order], t.batch_size)
+            model.fit(data, batch_size=batch, validation_data=test_data, validation_batch_size=test_batch,
                       initial_epoch=epoch, epochs=epoch + 1, shuffle=False, verbose=0, callbacks=[Reseed(), callback, *extra])
             release_free_memory()
             if callback.stop_reason:
