@@ -76,6 +76,30 @@ def test_shapes_and_the_beta_weighted_loss_of_a_step():
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # a step moves the weights
 
 
+def test_fit_reads_the_batches_in_order_without_the_autotuner_and_trains_as_on_the_array(data_dir):
+    """The pipeline `epochs.in_batches` gives fit() (not Keras's own, whose autotuner stalls the end
+    of every fit and evaluate) holds the same batches in the same order: the same weights result."""
+    import tensorflow as tf
+
+    from pipeline import epochs
+
+    x = fetch.read(data_dir / "mnist.npz")["x_train"][:300, ..., None]
+    data, batch = epochs.in_batches(x, 128)
+    assert batch is None and not data.options().autotune.enabled and data.options().threading.private_threadpool_size == 1
+    got = [b.numpy() for b in data]
+    assert [len(b) for b in got] == [128, 128, 44] and np.array_equal(np.concatenate(got), x)
+    weights = []
+    for fed in ((x, 128), (data, None)):
+        keras.utils.set_random_seed(5)
+        model = VAE([4], 8, 2, seed=5)
+        model.compile(optimizer="adam")
+        model.reseed(5, 1)
+        model.fit(fed[0], batch_size=fed[1], epochs=2, shuffle=False, verbose=0)
+        weights.append(model.get_weights())
+    assert isinstance(data, tf.data.Dataset)
+    assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
+
+
 def test_the_bounds_are_exact_for_a_posterior_equal_to_the_prior_and_a_decoder_that_ignores_z():
     """Encoder outputs all zero (q = N(0, I) = the prior) and a decoder whose logits are one constant
     c whatever z: every importance weight is p(x|z) = the same number, so -ELBO = -IWAE =
