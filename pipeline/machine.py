@@ -33,8 +33,8 @@ def without_autotuner(ds):
     autotuner. A batch here is one small slice or gather, so the autotuner has nothing to tune, and
     on 2 cores it costs twice: its thread pool competes with the training threads for the cores, and
     its thread, which wakes at doubling intervals (10 ms, 20 ms, ... up to seconds), holds up the end
-    of every fit() and evaluate() over the pipeline until its next wake-up (a pass that took 1.3 s
-    then ended at 2.55 s, an epoch of 20.6 s at 41 s)."""
+    of every fit() and evaluate() over the pipeline until its next wake-up, which can double a call's
+    time (measured in bench/RESULTS.md, the VAE section)."""
     import tensorflow as tf
 
     options = tf.data.Options()

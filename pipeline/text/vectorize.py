@@ -91,8 +91,7 @@ def make_dataset(ids: np.ndarray, maxlen: int, step: int, batch_size: int, shuff
     else:
         ds = ds.batch(batch_size).map(
             lambda s: (tf.gather(table, s[:, None] + offsets), tf.gather(table, s + maxlen)))
-    # A batch is one small gather: one input thread and two batches ahead keep the model fed (with
-    # tf.data's autotuner, whole epochs on 2 cores took 57 s or 83 s at random; without, 55-59 s).
+    # A batch is one small gather: one input thread and two batches ahead keep the model fed.
     return without_autotuner(ds)
 
 
