@@ -223,17 +223,18 @@ def child(side: str, epochs: int, k: int, seed: int, same_randomness: bool = Fal
             os.chdir(ROOT)
         assert result["epochs"] == epochs and len(test_pass) == len(after_epoch) == epochs
         training = [total - test for total, test in zip(seconds, test_pass)]
-        extra = {"test_pass_seconds": test_pass, "median_test_pass_seconds": statistics.median(test_pass[1:] or test_pass),
+        median_test = statistics.median(test_pass[1:] or test_pass)
+        extra = {"test_pass_seconds": test_pass, "median_test_pass_seconds": median_test,
                  "after_epoch_seconds": after_epoch, "median_after_epoch_seconds": statistics.median(after_epoch[1:] or after_epoch),
-                 "test_pass_gflops": flops_per_digit(vae) * len(x_test) / statistics.median(test_pass[1:] or test_pass) / 1e9}
+                 "test_pass_gflops": flops_per_digit(vae) * len(x_test) / median_test / 1e9}
         encode = lambda x: [keras.ops.convert_to_numpy(a) for a in vae.encoder(x)]  # noqa: E731
         decode = lambda z: keras.ops.convert_to_numpy(vae.decode(z))  # noqa: E731
     started = time.perf_counter()
     neg_elbo, neg_iwae = score(encode, decode, x_test, k)
-    median_training = statistics.median(training[1:] or training)
+    median_training, flops = statistics.median(training[1:] or training), flops_per_digit(vae)
     return {"epoch_seconds": seconds, "median_epoch_seconds": statistics.median(seconds[1:] or seconds),
-            "median_training_seconds": median_training, "flops_per_digit": flops_per_digit(vae),
-            "training_gflops": 3 * flops_per_digit(vae) * len(x_train) / median_training / 1e9, **extra,
+            "median_training_seconds": median_training, "flops_per_digit": flops,
+            "training_gflops": 3 * flops * len(x_train) / median_training / 1e9, **extra,
             "train_loss_last_epoch": loss, "test_neg_elbo": neg_elbo, "test_iwae_nll": neg_iwae,
             "score_seconds": time.perf_counter() - started, "peak_rss_mib": peak_rss_mib()}
 
